@@ -1,0 +1,37 @@
+# Every target creates .venv on first use from the pinned requirements.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+MODEL  ?=
+OUT    ?= artifacts
+CONFIG ?=
+ARGS   ?=
+
+ARG_MODEL  := $(if $(MODEL),--model '$(MODEL)')
+ARG_CONFIG := $(if $(CONFIG),--config '$(CONFIG)')
+STAGE_ARGS  = $(ARG_MODEL) $(ARG_CONFIG) --out '$(OUT)' $(ARGS)
+
+.PHONY: venv convert export rewrite import compare test clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+convert: $(STAMP)
+	$(PY) -m pipeline convert $(STAGE_ARGS)
+
+STAGE_TARGETS := export rewrite import compare
+$(STAGE_TARGETS): $(STAMP)
+	$(PY) -m pipeline $@ $(STAGE_ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(ARGS)
+
+clean:
+	rm -rf $(OUT) .pytest_cache

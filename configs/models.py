@@ -1,0 +1,29 @@
+"""Built-in model builders: ``MODEL=configs/models.py:NAME``.
+
+Weights are Keras' seeded initialisation, with biases and normalisation statistics set
+to seeded non-trivial values so that a wrong bias or axis cannot hide behind zeros.
+"""
+
+import keras
+import numpy as np
+
+
+def perturb(model, seed=0):
+    """Give every zero-initialised weight (biases, BN statistics) seeded values."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        v = np.asarray(w.numpy())
+        if np.all(v == v.flat[0]) if v.size else False:
+            new = rng.uniform(0.5, 1.5, v.shape) if "variance" in w.path or "gamma" in w.path \
+                else rng.normal(0, 0.1, v.shape)
+            w.assign(new.astype(v.dtype))
+    return model
+
+
+def conv1d_flatten_dense():
+    """The default: Input((128, 1)) -> Conv1D(2, 2) -> Flatten -> Dense(1)."""
+    inp = keras.Input((128, 1), name="x")
+    y = keras.layers.Conv1D(2, 2, name="conv1d")(inp)
+    y = keras.layers.Flatten(name="flatten")(y)
+    y = keras.layers.Dense(1, name="dense")(y)
+    return perturb(keras.Model(inp, y, name="conv1d_flatten_dense"))

@@ -1,0 +1,188 @@
+"""Command line: one subcommand per stage, and ``convert`` for all of them.
+
+Each stage runs in the process that calls it; ``convert`` starts one process per stage so
+that TensorFlow (export) and torch (import, compare) never share a process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import traceback
+
+from pipeline import STAGES
+from pipeline.artifacts import ModelDir, write_json
+from pipeline.config import load_settings, parse_shape
+from pipeline.errors import PipelineError
+from pipeline.spec import resolve
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", "-m", help="a .keras/.h5 file, a SavedModel folder, path/file.py:function "
+                        "or keras.applications.NAME (default: the model in the config)")
+    common.add_argument("--config", "-c", help="TOML settings (default: configs/default.toml)")
+    common.add_argument("--out", "-o", default="artifacts", help="output folder (default: artifacts)")
+    common.add_argument("--name", help="folder name for the model under --out")
+    common.add_argument("--input-shape", help='non-batch input dims: "128,1" or "a=128,1;b=10"')
+    common.add_argument("--rtol", type=float)
+    common.add_argument("--atol", type=float)
+    common.add_argument("--seed", type=int)
+    common.add_argument("--batch", type=int)
+    common.add_argument("--channels-last-inputs", action="store_true", default=None,
+                        help="keep Keras' channels-last layout at the model inputs")
+    common.add_argument("--channels-last-outputs", action="store_true", default=None,
+                        help="keep Keras' channels-last layout at the model outputs")
+    common.add_argument("--no-fold", dest="fold_flatten_transpose", action="store_false", default=None,
+                        help="keep the runtime Transpose before Flatten in the torch model")
+    common.add_argument("--custom-object", dest="custom_objects", action="append",
+                        help="register a custom Keras class, as my_pkg.layers:MyLayer (repeatable)")
+    common.add_argument("--unsafe", action="store_true", default=None,
+                        help="allow Lambda layers and other serialized Python code in the model file: "
+                             "loading such a file runs that code, so use it only for files you trust")
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("convert", parents=[common], help="all stages, each in its own process")
+    for s in STAGES:
+        sub.add_parser(s, parents=[common], help=f"the {s} stage alone, on the previous stage's files")
+    return p
+
+
+def _settings(args):
+    return load_settings(args.config, model=args.model, name=args.name, rtol=args.rtol, atol=args.atol,
+                         seed=args.seed, batch=args.batch,
+                         input_shapes=parse_shape(args.input_shape) if args.input_shape else None,
+                         channels_last_inputs=args.channels_last_inputs,
+                         channels_last_outputs=args.channels_last_outputs,
+                         fold_flatten_transpose=args.fold_flatten_transpose,
+                         custom_objects=args.custom_objects, unsafe=args.unsafe)
+
+
+def _stage(command: str, args) -> int:
+    from pipeline import report
+
+    settings = _settings(args)
+    if not settings.model:
+        raise PipelineError("config", "no model given", hint="MODEL=... or model = ... in the config")
+    spec = resolve(settings.model, settings.name)
+    mdir = ModelDir.of(args.out, spec.name)
+    if mdir.error.exists():
+        mdir.error.unlink()   # a re-run replaces the previous failure
+    if command == "export":
+        from pipeline import export
+
+        rec = export.run(spec, settings, args.out)
+    elif command == "rewrite":
+        from pipeline import rewrite
+
+        rec = rewrite.run(mdir, settings)
+        _print_rewrite(mdir)
+    elif command == "import":
+        from pipeline import importer
+
+        rec = importer.run(mdir, settings)
+    else:
+        from pipeline import compare
+
+        summary = compare.run(mdir, settings)
+        print(compare.table(summary))
+        for w in summary["warnings"]:
+            print(f"warning: {w}")
+        rep = report.write(mdir, settings)
+        print(f"{spec.name}: {rep['status']}  (report: {mdir.report})")
+        return 0 if rep["status"] == "ok" else 1
+    print(f"{spec.name}: {command} done in {rec['seconds']:.1f} s, peak RSS {rec['peak_rss_mb']:.0f} MB")
+    report.write(mdir, settings)
+    return 0
+
+
+def _print_rewrite(mdir: ModelDir) -> None:
+    from pipeline.artifacts import read_json
+
+    f = read_json(mdir.stage("rewrite") / "rewrite.json")
+    print(f"rewrite: {f['transposes_in_raw']} Transposes in raw.onnx, {f['transposes']} left in nchw.onnx, "
+          f"{f['transposes_torch']} in the torch graph; channels-first inputs {f['inputs_channels_first']}, "
+          f"outputs {f['outputs_channels_first']}")
+    for t in f["remaining"]:
+        print(f"  kept {t['node']} perm={t['perm']}: {'; '.join(t['reasons'])}")
+
+
+def _run_stage_process(stage: str, argv: list[str]) -> int:
+    """Run ``python -m pipeline <stage> ...`` in a child process; its exit status."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline", stage, *argv])
+    return proc.returncode
+
+
+def _convert(args, argv: list[str]) -> int:
+    from pipeline import report
+
+    settings = _settings(args)
+    if not settings.model:
+        raise PipelineError("config", "no model given", hint="MODEL=... or model = ... in the config")
+    spec = resolve(settings.model, settings.name)
+    mdir = ModelDir.of(args.out, spec.name)
+    if mdir.error.exists():
+        mdir.error.unlink()
+    for stage in STAGES:
+        print(f"== {spec.name}: {stage}", flush=True)
+        rc = _run_stage_process(stage, argv)
+        if rc == 0 or (stage == "compare" and rc == 1):
+            continue
+        if not mdir.error.exists():
+            why = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
+            mdir.root.mkdir(parents=True, exist_ok=True)
+            write_json(mdir.error, PipelineError(stage, f"the {stage} process {why}", model=spec.name).info.to_json())
+        rep = report.write(mdir, settings)
+        print(f"{spec.name}: failed at {stage}  (report: {mdir.report})", file=sys.stderr)
+        return 2
+    rep = report.write(mdir, settings)
+    return 0 if rep["status"] == "ok" else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "convert":
+            return _convert(args, argv[1:])
+        return _stage(args.command, args)
+    except PipelineError as e:
+        _record_error(args, e.info.to_json() | {"model": e.info.model or _model_name(args)})
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal bug: one clear line, the traceback kept in error.json
+        info = {"stage": args.command, "message": f"internal error: {type(e).__name__}: {e}",
+                "kind": "internal", "traceback": traceback.format_exc()}
+        path = _record_error(args, info)
+        print(f"error: [stage {args.command}] internal error: {type(e).__name__}: {e}"
+              + (f"\n  traceback: {path}" if path else ""), file=sys.stderr)
+        if os.environ.get("PIPELINE_DEBUG"):
+            traceback.print_exc()
+        return 3
+
+
+def _model_name(args) -> str | None:
+    try:
+        s = _settings(args)
+        return resolve(s.model, s.name).name if s.model else None
+    except Exception:
+        return None
+
+
+def _record_error(args, info: dict):
+    name = _model_name(args)
+    if not name:
+        return None
+    try:
+        mdir = ModelDir.of(args.out, name)
+        mdir.root.mkdir(parents=True, exist_ok=True)
+        write_json(mdir.error, info)
+        return mdir.error
+    except Exception:
+        return None

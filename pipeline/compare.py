@@ -1,0 +1,128 @@
+"""Stage 4, compare: Keras vs onnxruntime(raw) vs onnxruntime(nchw) vs torch.
+
+All numbers live here. Per output and stage: max |diff|, max relative error (to
+max|Keras output|), and pass/fail against ``rtol * max|Keras output| + atol``. NaN in a
+candidate always fails. Writes ``compare/compare.json``; the report is built from it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.artifacts import ModelDir, StageClock, atomic_dir, read_json, write_json
+from pipeline.config import Settings
+from pipeline.errors import PipelineError
+from pipeline.layouts import inputs_for, load_reference, output_to_keras
+
+STAGE_KEYS = ("onnx_raw", "onnx_nchw", "torch")
+
+
+def compare_arrays(ref: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> dict:
+    ref64, got64 = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    scale = float(np.max(np.abs(ref64))) if ref64.size else 0.0
+    tol = rtol * scale + atol
+    if ref64.shape != got64.shape:
+        return {"ok": False, "max_abs_err": None, "max_rel_err": None, "tolerance": tol, "scale": scale,
+                "error": f"shape {list(got64.shape)} != Keras {list(ref64.shape)}"}
+    if not np.isfinite(got64).all():
+        return {"ok": False, "max_abs_err": float("nan"), "max_rel_err": float("nan"), "tolerance": tol,
+                "scale": scale, "error": "NaN or inf in the output"}
+    err = float(np.max(np.abs(ref64 - got64))) if ref64.size else 0.0
+    return {"ok": err <= tol, "max_abs_err": err, "max_rel_err": err / scale if scale else err,
+            "tolerance": tol, "scale": scale}
+
+
+def degenerate(name: str, ref: np.ndarray) -> str | None:
+    """A warning when an output is too small or too uniform for parity to prove much."""
+    r = np.asarray(ref, dtype=np.float64)
+    scale = float(np.max(np.abs(r))) if r.size else 0.0
+    if scale < 1e-5:
+        return f"output {name!r} is tiny (max |value| {scale:.3g}): parity on it proves little; check per layer"
+    if r.size > 1 and float(np.std(r)) < 1e-3 * scale:
+        return f"output {name!r} is nearly constant (std/scale {np.std(r) / scale:.2g}): parity on it proves little"
+    return None
+
+
+def compare_outputs(ref: dict, got: dict, rtol: float, atol: float) -> dict:
+    return {k: compare_arrays(ref[k], got.get(k, np.array(np.nan)), rtol, atol) for k in ref}
+
+
+def run_onnx(path, feeds: dict) -> dict:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {i.name: feeds[i.name] for i in sess.get_inputs()})))
+
+
+def run_torch(module, feeds: dict, input_names: list[str], output_names: list[str]) -> dict:
+    import torch
+
+    with torch.no_grad():
+        res = module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in input_names])
+    if isinstance(res, dict):
+        res = [res[k] for k in output_names]
+    elif not isinstance(res, (list, tuple)):
+        res = [res]
+    return {n: r.detach().numpy() for n, r in zip(output_names, res)}
+
+
+def run(mdir: ModelDir, settings: Settings, torch_module=None) -> dict:
+    """Compare every stage; ``torch_module`` replaces the imported model (for tests)."""
+    clock = StageClock()
+    exp = mdir.require("export", "raw.onnx", "reference.npz", "meta.json")
+    rw = mdir.require("rewrite", "nchw.onnx", "rewrite.json")
+    meta = read_json(exp / "meta.json")
+    facts = read_json(rw / "rewrite.json")
+    inputs, ref = load_reference(exp / "reference.npz")
+    feeds_cf = inputs_for(facts, inputs)
+    in_names = [i["name"] for i in meta["inputs"]]
+    import onnx
+
+    out_order = [o.name for o in onnx.load(str(rw / "nchw.onnx"), load_external_data=False).graph.output]
+    got = {}
+    try:
+        got["onnx_raw"] = run_onnx(exp / "raw.onnx", inputs)
+        nchw = run_onnx(rw / "nchw.onnx", feeds_cf)
+        got["onnx_nchw"] = {k: output_to_keras(facts, k, v) for k, v in nchw.items()}
+        if torch_module is None:
+            from pipeline import importer
+
+            torch_module = importer.load(mdir)
+        tout = run_torch(torch_module, feeds_cf, in_names, out_order)
+        got["torch"] = {k: output_to_keras(facts, k, v) for k, v in tout.items()}
+    except PipelineError:
+        raise
+    except Exception as e:
+        raise PipelineError("compare", f"running a converted model failed: {type(e).__name__}: {e}",
+                            model=meta["model"]) from e
+    results = {stage: compare_outputs(ref, got[stage], settings.rtol, settings.atol) for stage in STAGE_KEYS}
+    warnings = [w for k, v in ref.items() if (w := degenerate(k, v))]
+    ok = all(r["ok"] for s in results.values() for r in s.values())
+    summary = {
+        "status": "ok" if ok else "mismatch",
+        "tolerance": {"rtol": settings.rtol, "atol": settings.atol},
+        "max_abs_err": {s: max((r["max_abs_err"] if r["max_abs_err"] is not None else float("inf"))
+                               for r in results[s].values()) for s in STAGE_KEYS},
+        "max_rel_err": {s: max((r["max_rel_err"] if r["max_rel_err"] is not None else float("inf"))
+                               for r in results[s].values()) for s in STAGE_KEYS},
+        "outputs": {k: {s: results[s][k] for s in STAGE_KEYS} for k in ref},
+        "warnings": warnings,
+    }
+    with atomic_dir(mdir.stage("compare")) as d:
+        record = {"stage": "compare", **clock.record()}
+        write_json(d / "compare.json", {**summary, "stage": record})
+    return summary
+
+
+def table(summary: dict) -> str:
+    """The short table printed after a comparison."""
+    rows = [f"{'output':<28} {'stage':<10} {'max abs err':>12} {'max rel err':>12} {'tolerance':>11}  ok"]
+    for name, per in summary["outputs"].items():
+        for stage, r in per.items():
+            fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+            rows.append(f"{name[:28]:<28} {stage:<10} {fmt(r['max_abs_err']):>12} {fmt(r['max_rel_err']):>12} "
+                        f"{r['tolerance']:>11.3g}  {'yes' if r['ok'] else 'NO'}")
+    return "\n".join(rows)

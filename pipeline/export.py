@@ -1,0 +1,304 @@
+"""Stage 1, export: Keras -> ``raw.onnx`` + seeded reference inputs and Keras outputs.
+
+The only module that imports TensorFlow; it always runs in a process of its own.
+Writes ``export/raw.onnx``, ``export/reference.npz`` (``input:<name>``, ``output:<name>``)
+and ``export/meta.json`` (input/output names, shapes and dtypes in Keras' layout).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import re
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import ModelDir, StageClock, atomic_dir, write_json
+from pipeline.config import Settings
+from pipeline.errors import PipelineError
+from pipeline.spec import ModelSpec
+
+# tf2onnx passes we keep. Its transpose optimizer is left out on purpose: the rewrite
+# stage does the layout work, and tf2onnx's pass turns transposes into reshapes that hide
+# the layout. TF2ONNX_CATCH_ERRORS (compared by name) stops the per-pass deep copies.
+TF2ONNX_PASSES = ("fold_constants", "remove_identity", "remove_back_to_back")
+
+_TF_NAME = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def _quiet_tf() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    os.environ.setdefault("TF2ONNX_CATCH_ERRORS", "FALSE")
+
+
+def _custom_objects(settings: Settings, model: str) -> dict:
+    objs = {}
+    for entry in settings.custom_objects:
+        mod, _, attr = entry.partition(":")
+        try:
+            objs[attr or mod.rsplit(".", 1)[-1]] = getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise PipelineError("export", f"cannot import custom object {entry!r}: {e}", model=model,
+                                hint='custom_objects entries look like "my_pkg.layers:MyLayer" and must be importable') from e
+    return objs
+
+
+def load_model(spec: ModelSpec, settings: Settings):
+    """The Keras (or tf.keras) model, or a SavedModel signature, named by ``spec``."""
+    import keras
+
+    keras.utils.set_random_seed(settings.seed)
+    custom = _custom_objects(settings, spec.name)
+    try:
+        if spec.kind == "zoo":
+            app = getattr(keras.applications, spec.target, None)
+            if app is None or not callable(app):
+                raise PipelineError("export", f"keras.applications has no model {spec.target!r}", model=spec.name)
+            kwargs = {"weights": None}
+            shape = settings.input_shapes.get("*")
+            if shape:
+                kwargs["input_shape"] = tuple(shape)
+            try:
+                return app(classifier_activation=None, **kwargs)
+            except TypeError:
+                return app(**kwargs)
+        if spec.kind == "builder":
+            file, _, fn = spec.target.rpartition(":")
+            mod_name = f"_pipeline_builder_{Path(file).stem}"
+            module_spec = importlib.util.spec_from_file_location(mod_name, file)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[mod_name] = module
+            module_spec.loader.exec_module(module)
+            builder = getattr(module, fn, None)
+            if builder is None:
+                raise PipelineError("export", f"{file} has no function {fn!r}", model=spec.name)
+            model = builder()
+            if not isinstance(model, keras.Model):
+                raise PipelineError("export", f"builder {spec.target} returned {type(model).__name__}, not a keras.Model",
+                                    model=spec.name)
+            return model
+        if spec.kind == "keras":
+            return keras.saving.load_model(spec.target, custom_objects=custom or None,
+                                           compile=False, safe_mode=not settings.unsafe)
+        if spec.kind == "h5":
+            import tf_keras
+
+            return tf_keras.models.load_model(spec.target, custom_objects=custom or None, compile=False)
+        if spec.kind == "savedmodel":
+            import tensorflow as tf
+
+            loaded = tf.saved_model.load(spec.target)
+            sigs = dict(loaded.signatures)
+            if not sigs:
+                raise PipelineError("export", "the SavedModel has no signatures to convert", model=spec.name)
+            key = "serving_default" if "serving_default" in sigs else sorted(sigs)[0]
+            return _SavedModelSignature(loaded, sigs[key], key)
+    except PipelineError:
+        raise
+    except Exception as e:  # every loader raises its own types; wrap them with where and what
+        raise PipelineError("export", f"cannot load the model: {type(e).__name__}: {e}", model=spec.name,
+                            hint=_load_hint(e)) from e
+    raise PipelineError("export", f"unknown model kind {spec.kind!r}", model=spec.name)
+
+
+def _load_hint(e: Exception) -> str | None:
+    text = str(e)
+    if "Lambda" in text or "safe_mode" in text:
+        return "the model holds serialized code (a Lambda layer); convert it only if you trust the file, with --unsafe"
+    if "Unknown layer" in text or "Could not locate class" in text or "custom_objects" in text:
+        return 'register the class: custom_objects = ["my_pkg.layers:MyLayer"] in the config, or --custom-object my_pkg.layers:MyLayer'
+    return None
+
+
+class _SavedModelSignature:
+    """A SavedModel signature with the little interface export needs."""
+
+    def __init__(self, loaded, fn, key):
+        self.loaded, self.fn, self.key = loaded, fn, key
+        _, kwargs = fn.structured_input_signature
+        self.input_specs = OrderedDict(sorted(kwargs.items()))
+
+    def __call__(self, *xs):
+        return self.fn(**dict(zip(self.input_specs, xs)))
+
+
+def _input_specs(model, settings: Settings, name: str):
+    """[(name, shape with None batch, np dtype, keras input)] with unknown dims filled in."""
+    import tensorflow as tf
+
+    if isinstance(model, _SavedModelSignature):
+        raw = [(k, list(s.shape), s.dtype.as_numpy_dtype) for k, s in model.input_specs.items()]
+    else:
+        raw = []
+        for i, t in enumerate(model.inputs):
+            tname = getattr(t, "name", None) or f"input_{i}"
+            tname = tname.split(":")[0]
+            dtype = tf.as_dtype(t.dtype).as_numpy_dtype
+            raw.append((tname, list(t.shape), dtype))
+    out, seen = [], set()
+    for tname, shape, dtype in raw:
+        tname = _TF_NAME.sub("_", tname) or "input"
+        while tname in seen:
+            tname += "_"
+        seen.add(tname)
+        override = settings.input_shapes.get(tname, settings.input_shapes.get("*"))
+        dims = shape[1:]
+        if override is not None:
+            if len(override) != len(dims) or any(d is not None and d != o for d, o in zip(dims, override)):
+                raise PipelineError("export", f"input shape {list(override)} given for input {tname!r} does not fit "
+                                    f"the model's shape {['N', *[d if d is not None else '?' for d in dims]]}",
+                                    model=name, layer=tname,
+                                    hint="give the non-batch dimensions only, one per '?'")
+            dims = list(override)
+        if any(d is None for d in dims):
+            raise PipelineError("export", f"input {tname!r} has unknown non-batch dimensions "
+                                f"{['N', *[d if d is not None else '?' for d in dims]]}",
+                                model=name, layer=tname,
+                                hint=f"give them with --input-shape {tname}=... (or input_shapes in the config)")
+        out.append((tname, [None, *dims], np.dtype(dtype)))
+    return out
+
+
+def _vocab_size(model) -> int:
+    sizes = [getattr(l, "input_dim", None) for l in getattr(model, "layers", [])
+             if type(l).__name__ == "Embedding"]
+    sizes = [s for s in sizes if s]
+    return min(sizes) if sizes else 10
+
+
+def reference_inputs(specs, model, settings: Settings) -> dict:
+    rng = np.random.default_rng(settings.seed)
+    vocab = _vocab_size(model)
+    feeds = {}
+    for tname, shape, dtype in specs:
+        full = (settings.batch, *shape[1:])
+        if np.issubdtype(dtype, np.integer):
+            feeds[tname] = rng.integers(0, vocab, size=full).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[tname] = rng.integers(0, 2, size=full).astype(bool)
+        else:
+            feeds[tname] = rng.standard_normal(full).astype(dtype)
+    return feeds
+
+
+def _output_names(model, n: int) -> list[str]:
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != n:
+        names = [f"output_{i}" for i in range(n)]
+    out, seen = [], set()
+    for nm in names:
+        nm = _TF_NAME.sub("_", str(nm)).replace("/", "_") or "output"
+        while nm in seen:
+            nm += "_"
+        seen.add(nm)
+        out.append(nm)
+    return out
+
+
+def _flatten_outputs(result) -> list:
+    if isinstance(result, dict):
+        return [result[k] for k in result]
+    if isinstance(result, (list, tuple)):
+        return list(result)
+    return [result]
+
+
+def tf2onnx_convert(fn, signature, opset: int, passes=TF2ONNX_PASSES):
+    """tf2onnx on a tf.function, running only ``passes`` of its optimizer."""
+    import tensorflow as tf
+    from tf2onnx import optimizer as tf2onnx_optimizer
+    from tf2onnx import tf_loader
+    from tf2onnx.convert import _convert_common, tensor_names_from_structed
+
+    concrete = fn.get_concrete_function(*signature)
+    inputs = [t.name for t in concrete.inputs if t.dtype != tf.dtypes.resource]
+    outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
+    renames = tensor_names_from_structed(concrete, inputs, outputs)
+    optimizers = OrderedDict((k, v) for k, v in tf2onnx_optimizer._get_optimizers().items() if k in passes)
+    with tf.device("/cpu:0"):
+        frozen = tf_loader.from_function(concrete, inputs, outputs)
+        proto, _ = _convert_common(frozen, name=concrete.name, continue_on_error=False, opset=opset,
+                                   input_names=inputs, output_names=outputs, tensors_to_rename=renames,
+                                   optimizers=optimizers)
+    return proto
+
+
+def run(spec: ModelSpec, settings: Settings, out: Path) -> dict:
+    """Run the export stage; returns its stage record."""
+    _quiet_tf()
+    clock = StageClock()
+    import keras
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    mdir = ModelDir.of(out, spec.name)
+    model = load_model(spec, settings)
+    specs = _input_specs(model, settings, spec.name)
+    signature = [tf.TensorSpec(shape, tf.as_dtype(dtype), name=n) for n, shape, dtype in specs]
+
+    if isinstance(model, _SavedModelSignature):
+        probe = model(*[tf.zeros([1, *s[1:]], d) for _, s, d in specs])
+        out_names = [_TF_NAME.sub("_", k) for k in probe]
+
+        def call(*xs):
+            res = model(*xs)
+            return {n: res[k] for n, k in zip(out_names, res)}
+    else:
+        n_out = len(model.outputs) if getattr(model, "outputs", None) is not None else 1
+        out_names = _output_names(model, n_out)
+
+        def call(*xs):
+            res = _flatten_outputs(model(list(xs) if len(xs) > 1 else xs[0], training=False))
+            return dict(zip(out_names, res))
+
+    fn = tf.function(call, input_signature=signature, autograph=False)
+    feeds = reference_inputs(specs, model, settings)
+    try:
+        ref = fn(*[tf.constant(feeds[n]) for n, _, _ in specs])
+    except Exception as e:
+        raise PipelineError("export", f"Keras cannot run the model on reference inputs: {type(e).__name__}: {e}",
+                            model=spec.name) from e
+    ref = {k: np.asarray(v) for k, v in ref.items()}
+    bad = [k for k, v in ref.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
+    if bad:
+        raise PipelineError("export", f"Keras' own outputs {bad} contain NaN or inf on the seeded reference inputs; "
+                            "this is the model, not the conversion", model=spec.name, kind="keras-nonfinite",
+                            hint="check the model's weights, or change seed in the config")
+    try:
+        proto = tf2onnx_convert(fn, signature, settings.opset)
+    except Exception as e:
+        raise PipelineError("export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name) from e
+
+    onnx_outputs = [o.name for o in proto.graph.output]
+    if sorted(onnx_outputs) != sorted(ref):
+        raise PipelineError("export", f"ONNX outputs {onnx_outputs} do not match Keras outputs {list(ref)}",
+                            model=spec.name)
+    meta = {
+        "model": spec.name,
+        "spec": spec.to_json(),
+        "settings": settings.to_json(),
+        "inputs": [{"name": n, "shape": s, "dtype": str(d)} for n, s, d in specs],
+        "outputs": [{"name": k, "shape": [None, *ref[k].shape[1:]], "dtype": str(ref[k].dtype)} for k in onnx_outputs],
+        "keras_layers": _layers(model),
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
+                     "onnx": onnx.__version__, "numpy": np.__version__},
+        "tf2onnx_passes": list(TF2ONNX_PASSES),
+    }
+    with atomic_dir(mdir.stage("export")) as d:
+        onnx.save(proto, d / "raw.onnx")
+        np.savez(d / "reference.npz", **{f"input:{k}": v for k, v in feeds.items()},
+                 **{f"output:{k}": v for k, v in ref.items()})
+        record = {"stage": "export", **clock.record()}
+        meta["stage"] = record
+        write_json(d / "meta.json", meta)
+    return record
+
+
+def _layers(model) -> list[dict]:
+    return [{"name": l.name, "class": type(l).__name__} for l in getattr(model, "layers", [])]

@@ -1,0 +1,105 @@
+"""Stage 3, import: ``rewrite/torch.onnx`` -> a PyTorch model a fresh process can load.
+
+Writes ``import/model.pt2`` (a ``torch.export`` program with a dynamic batch dimension)
+and ``import/model.safetensors`` (the weights), plus ``import/import.json``. Loading never
+uses full pickle: ``load()`` reads the pt2 program, or rebuilds the module from the ONNX
+graph with onnx2torch and loads the safetensors weights when no pt2 could be made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import ModelDir, StageClock, atomic_dir, read_json, write_json
+from pipeline.config import Settings
+from pipeline.errors import PipelineError
+from pipeline.layouts import inputs_for, load_reference
+
+
+def convert_onnx(path: Path, model_name: str):
+    """onnx2torch on ``path``; a missing converter names the node, op type and opset."""
+    import onnx
+    from onnx2torch import convert
+
+    proto = onnx.load(str(path))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return convert(proto)
+    except NotImplementedError as e:
+        node, op = _node_of(proto, str(e))
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        raise PipelineError("import", f"onnx2torch has no converter: {e}", model=model_name, node=node,
+                            op_type=op, hint=f"register one for opset {opset} with "
+                            "onnx2torch.node_converters.add_converter(operation_type=..., version=...)") from e
+
+
+def _node_of(proto, message: str):
+    for n in proto.graph.node:
+        if n.op_type in message:
+            return n.name, n.op_type
+    return None, None
+
+
+def _example_args(mdir: ModelDir):
+    import torch
+
+    facts = read_json(mdir.stage("rewrite") / "rewrite.json")
+    ins, _ = load_reference(mdir.stage("export") / "reference.npz")
+    meta = read_json(mdir.stage("export") / "meta.json")
+    feeds = inputs_for(facts, ins)
+    return tuple(torch.from_numpy(np.ascontiguousarray(feeds[i["name"]])) for i in meta["inputs"])
+
+
+def export_program(module, args):
+    """torch.export with a dynamic batch dimension on every input."""
+    import torch
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = tuple({0: batch} for _ in args)
+    return torch.export.export(module, args, dynamic_shapes=dynamic, strict=False)
+
+
+def run(mdir: ModelDir, settings: Settings) -> dict:
+    clock = StageClock()
+    import onnx2torch
+    import torch
+    from safetensors.torch import save_file
+
+    src = mdir.require("rewrite", "torch.onnx", "rewrite.json")
+    meta = read_json(mdir.require("export", "meta.json") / "meta.json")
+    module = convert_onnx(src / "torch.onnx", meta["model"]).eval()
+    args = _example_args(mdir)
+    info = {"torch": torch.__version__, "onnx2torch": getattr(onnx2torch, "__version__", "1.5.15"),
+            "input_names": [i["name"] for i in meta["inputs"]]}
+    with atomic_dir(mdir.stage("import")) as d:
+        state = {k: v.contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(d / "model.safetensors"))
+        try:
+            with torch.no_grad():
+                program = export_program(module, args)
+            torch.export.save(program, str(d / "model.pt2"))
+            info["format"] = "pt2"
+        except Exception as e:  # torch.export is strict about what it traces; the fallback still loads
+            info["format"] = "onnx2torch+safetensors"
+            info["pt2_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        record = {"stage": "import", **clock.record()}
+        write_json(d / "import.json", {**info, "stage": record})
+    return record
+
+
+def load(mdir: ModelDir):
+    """The converted torch module, loaded without full pickle."""
+    import torch
+    from safetensors.torch import load_file
+
+    d = mdir.require("import", "import.json")
+    info = read_json(d / "import.json")
+    if info["format"] == "pt2":
+        return torch.export.load(str(d / "model.pt2")).module()
+    module = convert_onnx(mdir.stage("rewrite") / "torch.onnx", mdir.root.name)
+    module.load_state_dict(load_file(str(d / "model.safetensors")))
+    return module.eval()

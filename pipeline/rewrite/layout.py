@@ -1,0 +1,196 @@
+"""The channels-first layout pass: push Transposes down the graph until they cancel.
+
+1. Each chosen rank-3/4/5 model input becomes channels-first, followed by a Transpose
+   back to channels-last, so the rest of the graph computes what it did before.
+2. Every Transpose is moved downstream through the ops that have a layout rule
+   (registry), merged with the next Transpose (tf2onnx's own NHWC->NCHW pairs around
+   each Conv cancel), folded into constants and Unsqueezes, removed when it is the
+   identity. An op without a rule is a barrier and the Transpose stays, so the result is
+   still correct.
+3. A model output produced by a Transpose to channels-last becomes channels-first.
+The pass repeats to a fixpoint: running it on its own result changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from pipeline.errors import PipelineError
+from pipeline.rewrite import registry
+from pipeline.rewrite.context import Ctx, dims, rank
+from pipeline.rewrite.perm import compose, is_identity, to_first, to_last
+
+MAX_ROUNDS = 10_000
+
+
+@dataclass
+class LayoutResult:
+    inputs_channels_first: list[str] = field(default_factory=list)
+    outputs_channels_first: list[str] = field(default_factory=list)
+    steps: int = 0
+
+
+def channel_candidates(graph: ir.Graph) -> list[str]:
+    """Float inputs of rank 3, 4 or 5: the ones that may carry channels."""
+    out = []
+    for v in graph.inputs:
+        if rank(v) in (3, 4, 5) and v.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
+            out.append(v.name)
+    return out
+
+
+def inputs_to_channels_first(ctx: Ctx, names: list[str]) -> list[str]:
+    g = ctx.graph
+    first = next(iter(g), None)
+    done = []
+    for i, v in enumerate(list(g.inputs)):
+        if v.name not in names:
+            continue
+        r = rank(v)
+        name = v.name
+        v.name = ctx.name(f"{name}_channels_last")
+        new = ir.Value(name=name, type=v.type, shape=ir.Shape([v.shape[j] for j in to_first(r)]))
+        g.inputs[i] = new
+        t = ir.node("Transpose", [new], {"perm": list(to_last(r))}, name=ctx.name(f"{name}/to_channels_last"))
+        if first is not None:
+            g.insert_before(first, t)
+        else:
+            g.append(t)
+        t.outputs[0].type, t.outputs[0].shape = v.type, v.shape
+        ctx.redirect(v, t.outputs[0])
+        done.append(name)
+    return done
+
+
+def _fold_into_unsqueeze(ctx: Ctx, t: ir.Node, p) -> bool:
+    """Transpose(Unsqueeze(x, axes), p) that only moves inserted unit axes -> Unsqueeze(x, axes')."""
+    u = t.inputs[0].producer()
+    if u is None or u.op_type != "Unsqueeze" or len(t.inputs[0].uses()) != 1 or t.inputs[0].is_graph_output():
+        return False
+    axes = ctx.const(u.inputs[1]) if len(u.inputs) > 1 else None
+    if axes is None:
+        return False
+    n = len(p)
+    axes = {int(a) % n for a in axes.reshape(-1)}
+    inserted = [j for j in range(n) if p[j] in axes]
+    others = [p[j] for j in range(n) if p[j] not in axes]
+    if others != sorted(others):
+        return False
+    u.replace_input_with(1, ctx.new_const(np.array(inserted, dtype=np.int64), "unsqueeze_axes"))
+    y = t.outputs[0]
+    u.outputs[0].shape = y.shape
+    ctx.redirect(y, u.outputs[0])
+    ctx.remove(t)
+    return True
+
+
+def _step(ctx: Ctx, t: ir.Node) -> bool:
+    """One move of Transpose ``t``; True when the graph changed."""
+    p = tuple(t.attributes["perm"].as_ints())
+    x, y = t.inputs[0], t.outputs[0]
+    src = x.producer()
+    if src is not None and src.op_type == "Transpose" and src.domain == "":
+        t.replace_input_with(0, src.inputs[0])
+        ctx.set_attr(t, "perm", list(compose(tuple(src.attributes["perm"].as_ints()), p)))
+        if not src.outputs[0].uses() and not src.outputs[0].is_graph_output():
+            ctx.remove(src)
+        return True
+    c = ctx.const(x)
+    if c is not None and not y.is_graph_output():
+        ctx.redirect(y, ctx.new_const(np.transpose(c, p), f"{x.name}_t"))
+        ctx.remove(t)
+        return True
+    if _fold_into_unsqueeze(ctx, t, p):
+        return True
+    if is_identity(p) and not (y.is_graph_output() and (x.is_graph_input() or x.is_graph_output())):
+        ctx.redirect(y, x)
+        ctx.remove(t)
+        return True
+    changed = False
+    for use in list(y.uses()):
+        node = use.node
+        if node.op_type == "Transpose" and node.domain == "":
+            continue  # merged when that Transpose is visited
+        rule = registry.lookup(node.op_type, ctx.opset) if node.domain in ("", "ai.onnx") else None
+        if rule is None:
+            ctx.fail(node, f"no layout rule for {node.op_type} (opset {ctx.opset})")
+            continue
+        try:
+            result = rule.fn(ctx, node)
+        except Exception as e:
+            raise PipelineError("rewrite", f"layout rule {rule.family}.{rule.fn.__name__} failed: {e}",
+                                node=node.name, op_type=node.op_type) from e
+        if result is True:
+            ctx.barriers.pop(node.name, None)
+            changed = True
+    if not y.uses() and not y.is_graph_output():
+        ctx.remove(t)
+        changed = True
+    return changed
+
+
+def push_transposes(ctx: Ctx) -> int:
+    """Apply the rules to a fixpoint; returns the number of changing sweeps."""
+    registry.load_rules()
+    sweeps = 0
+    while True:
+        changed = False
+        for node in list(ctx.graph):
+            if node.graph is not ctx.graph or node.op_type != "Transpose" or node.domain != "":
+                continue
+            changed |= _step(ctx, node)
+        if not changed:
+            return sweeps
+        sweeps += 1
+        if sweeps > MAX_ROUNDS:
+            raise PipelineError("rewrite", f"the layout pass did not reach a fixpoint in {MAX_ROUNDS} sweeps")
+
+
+def outputs_to_channels_first(ctx: Ctx) -> list[str]:
+    """Drop the final Transpose to channels-last of each output that has one."""
+    done = []
+    g = ctx.graph
+    for i, y in enumerate(list(g.outputs)):
+        t = y.producer()
+        if t is None or t.op_type != "Transpose":
+            continue
+        p = tuple(t.attributes["perm"].as_ints())
+        x = t.inputs[0]
+        if len(p) < 3 or p != to_last(len(p)) or x.is_graph_input() or x.is_graph_output():
+            continue
+        name = y.name
+        y.name = ctx.name(name)
+        x.name = name
+        g.outputs[i] = x
+        if not y.uses():
+            ctx.remove(t)
+        done.append(name)
+    return done
+
+
+def transposes(graph: ir.Graph) -> list[ir.Node]:
+    return [n for n in graph if n.op_type == "Transpose" and n.domain == ""]
+
+
+def explain(ctx: Ctx, keep_in: list[str], keep_out: list[str]) -> list[dict]:
+    """Each Transpose left in the graph, with the reason it stays."""
+    out = []
+    for t in transposes(ctx.graph):
+        x, y = t.inputs[0], t.outputs[0]
+        reasons = []
+        if x.is_graph_input():
+            reasons.append(f"model input {x.name!r} kept channels-last")
+        if y.is_graph_output():
+            reasons.append(f"model output {y.name!r} kept in Keras' layout")
+        for use in y.uses():
+            n = use.node
+            op, why = ctx.barriers.get(n.name, (n.op_type, None))
+            if why is None and n.op_type in ("Flatten", "Reshape"):
+                why = f"{n.op_type} mixes channel and spatial axes"
+            reasons.append(f"before {n.op_type} {n.name!r}: {why or 'not pushed'}")
+        out.append({"node": t.name, "perm": list(t.attributes["perm"].as_ints()),
+                    "shape": dims(x), "reasons": reasons})
+    return out

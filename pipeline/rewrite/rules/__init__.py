@@ -1,0 +1,1 @@
+"""Layout rules, one module per op family; ``registry.load_rules`` imports them."""
