@@ -54,6 +54,23 @@ def _example_args(mdir: ModelDir):
     return tuple(torch.from_numpy(np.ascontiguousarray(feeds[i["name"]])) for i in meta["inputs"])
 
 
+@contextlib.contextmanager
+def _quiet():
+    """torch.export logs whole graphs when it fails; the reason goes into import.json."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("torch", "torch.export", "torch._dynamo", "torch.fx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
 def export_program(module, args):
     """torch.export with a dynamic batch dimension on every input."""
     import torch
@@ -79,7 +96,7 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         state = {k: v.contiguous() for k, v in module.state_dict().items()}
         save_file(state, str(d / "model.safetensors"))
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _quiet():
                 program = export_program(module, args)
             torch.export.save(program, str(d / "model.pt2"))
             info["format"] = "pt2"

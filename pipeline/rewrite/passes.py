@@ -53,10 +53,42 @@ def static_reshapes(ctx: Ctx) -> list[str]:
 _SPATIAL_1D = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
 
 
+def _lift_transpose_above_unsqueeze(ctx: Ctx, node: ir.Node) -> None:
+    """``Transpose(Unsqueeze(x, a), p) -> node`` becomes ``Unsqueeze(Transpose(x, p'), a')``.
+
+    Channels-last data that did not come from a model input (an Embedding, say) reaches
+    a Conv1D as ``Unsqueeze(1) -> Transpose``; this puts it in the 1-D conv pattern."""
+    t = node.inputs[0].producer()
+    if t is None or t.op_type != "Transpose" or len(t.outputs[0].uses()) != 1:
+        return
+    u = t.inputs[0].producer()
+    if u is None or u.op_type != "Unsqueeze" or len(u.outputs[0].uses()) != 1 or len(u.inputs) < 2:
+        return
+    axes = ctx.const(u.inputs[1])
+    p = tuple(t.attributes["perm"].as_ints())
+    if axes is None:
+        return
+    axes = {int(a) % len(p) for a in axes.reshape(-1)}
+    inserted = [j for j in range(len(p)) if p[j] in axes]
+    small = [k - sum(1 for a in axes if a < k) for k in (p[j] for j in range(len(p)) if p[j] not in axes)]
+    x = u.inputs[0]
+    new_t = ctx.transposed(x, tuple(small), node)
+    new_u = ir.node("Unsqueeze", [new_t, ctx.new_const(np.array(inserted, dtype=np.int64), "unsqueeze_axes")],
+                    name=ctx.name(f"{u.name}/lifted"))
+    ctx.graph.insert_before(node, new_u)
+    new_u.outputs[0].type, new_u.outputs[0].shape = t.outputs[0].type, t.outputs[0].shape
+    node.replace_input_with(0, new_u.outputs[0])
+    ctx.remove(t)
+    ctx.remove(u)
+
+
 def conv1d(ctx: Ctx) -> list[str]:
     """``Unsqueeze(x, [2]) -> Conv2D(kernel 1xk) -> Squeeze([2])`` becomes a 1-D Conv
     (also pooling and ConvTranspose), so torch gets ``Conv1d``, not a fake extra axis."""
     changed = []
+    for node in list(ctx.graph):
+        if node.op_type in _SPATIAL_1D and node.graph is ctx.graph:
+            _lift_transpose_above_unsqueeze(ctx, node)
     for node in list(ctx.graph):
         if node.op_type not in _SPATIAL_1D or node.graph is not ctx.graph:
             continue

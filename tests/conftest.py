@@ -1,0 +1,37 @@
+"""Shared test helpers. TensorFlow never runs in the pytest process: model files are
+written by ``tests/save_models.py`` and conversions run through the CLI, one process per
+stage, as users run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def cli(*args, timeout=900) -> subprocess.CompletedProcess:
+    """``python -m pipeline ARGS`` from the repository root."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def report(out: Path, name: str) -> dict:
+    return json.loads((Path(out) / name / "report.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory) -> Path:
+    """.keras, tf.keras .h5 and SavedModel files, written once per session."""
+    out = tmp_path_factory.mktemp("model_files")
+    proc = subprocess.run([sys.executable, str(TESTS / "save_models.py"), str(out)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

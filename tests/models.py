@@ -1,0 +1,104 @@
+"""Keras model builders used by the tests (``MODEL=tests/models.py:NAME``).
+
+Every builder seeds Keras and gives biases and normalisation statistics non-trivial
+values (``perturb``), so that a wrong bias or axis changes the numbers.
+"""
+
+import keras
+import numpy as np
+
+L = keras.layers
+
+
+def perturb(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        v = np.asarray(w.numpy())
+        path = getattr(w, "path", None) or w.name
+        if v.size and np.all(v == v.flat[0]):
+            if "variance" in path or "gamma" in path:
+                new = rng.uniform(0.5, 1.5, v.shape)
+            else:
+                new = rng.normal(0, 0.3, v.shape)
+            w.assign(new.astype(v.dtype))
+    return model
+
+
+def _seed():
+    keras.utils.set_random_seed(1)
+
+
+def conv1d_flatten_dense():
+    _seed()
+    x = keras.Input((32, 3), name="x")
+    y = L.Conv1D(4, 3, activation="relu", name="conv")(x)
+    y = L.MaxPooling1D(2, name="pool")(y)
+    y = L.Flatten(name="flatten")(y)
+    return perturb(keras.Model(x, L.Dense(5, name="dense")(y)))
+
+
+def conv2d_flatten_dense():
+    _seed()
+    x = keras.Input((12, 10, 3), name="image")
+    y = L.Conv2D(6, 3, padding="same", name="conv")(x)
+    y = L.BatchNormalization(name="bn")(y)
+    y = L.ReLU(name="relu")(y)
+    y = L.MaxPooling2D(name="pool")(y)
+    y = L.Conv2D(4, 3, name="conv2")(y)
+    y = L.Flatten(name="flatten")(y)
+    return perturb(keras.Model(x, L.Dense(7, name="dense")(y)))
+
+
+def conv3d_flatten_dense():
+    _seed()
+    x = keras.Input((6, 8, 8, 2), name="volume")
+    y = L.Conv3D(3, 3, activation="tanh", name="conv")(x)
+    y = L.Flatten(name="flatten")(y)
+    return perturb(keras.Model(x, L.Dense(4, name="dense")(y)))
+
+
+def sequential_conv2d():
+    _seed()
+    m = keras.Sequential([
+        keras.Input((16, 16, 3)),
+        L.Conv2D(8, 3, strides=2, padding="valid", activation="relu"),
+        L.Conv2D(8, 3, padding="valid"),
+        L.Flatten(),
+        L.Dense(10, activation="sigmoid"),
+    ], name="seq")
+    return perturb(m)
+
+
+def multi_io():
+    _seed()
+    a = keras.Input((16, 16, 3), name="image")
+    b = keras.Input((20, 2), name="signal")
+    ya = L.Conv2D(4, 3, activation="relu", name="conv_a")(a)
+    ya = L.GlobalAveragePooling2D(name="gap")(ya)
+    yb = L.Conv1D(4, 3, name="conv_b")(b)
+    yb = L.Flatten(name="flatten_b")(yb)
+    z = L.Concatenate(name="concat")([ya, yb])
+    out1 = L.Dense(3, name="head1")(z)
+    out2 = L.Conv2D(2, 1, name="head2")(L.Conv2D(4, 3, padding="same", name="conv_a2")(a))
+    return perturb(keras.Model([a, b], [out1, out2]))
+
+
+def embedding_conv1d():
+    _seed()
+    x = keras.Input((24,), dtype="int32", name="tokens")
+    y = L.Embedding(50, 8, name="embed")(x)
+    y = L.Conv1D(6, 3, activation="relu", name="conv")(y)
+    y = L.Flatten(name="flatten")(y)
+    return perturb(keras.Model(x, L.Dense(2, name="dense")(y)))
+
+
+BUILDERS = ["conv1d_flatten_dense", "conv2d_flatten_dense", "conv3d_flatten_dense", "sequential_conv2d",
+            "multi_io", "embedding_conv1d"]
+
+
+def unknown_length_conv1d():
+    """A non-batch dimension Keras does not know: needs --input-shape."""
+    _seed()
+    x = keras.Input((None, 3), name="x")
+    y = L.Conv1D(4, 3, name="conv")(x)
+    return perturb(keras.Model(x, L.GlobalMaxPooling1D(name="gmp")(y)))

@@ -1,0 +1,187 @@
+"""End-to-end: every model source and architecture of the pipeline issue, each stage alone,
+the Flatten trap, and the saved torch model in a fresh process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import ENV, REPO, cli, report
+from pipeline.artifacts import ModelDir
+from pipeline.config import Settings
+
+RTOL, ATOL = 1e-5, 1e-7   # the pipeline's defaults; parity is max|d| <= RTOL*max|keras| + ATOL
+
+
+def assert_ok(proc, out, name):
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rep = report(out, name)
+    assert rep["status"] == "ok", rep
+    for output, stages in rep["outputs"].items():
+        for stage, r in stages.items():
+            assert r["max_abs_err"] <= RTOL * r["scale"] + ATOL, (output, stage, r)
+    return rep
+
+
+def test_default_model_has_one_transpose_before_flatten(tmp_path):
+    proc = cli("convert", "--out", tmp_path)
+    rep = assert_ok(proc, tmp_path, "conv1d_flatten_dense")
+    assert rep["transposes"] == 1
+    assert rep["layout"]["inputs_channels_first"] == ["x"]
+    nchw = onnx.load(str(tmp_path / "conv1d_flatten_dense" / "rewrite" / "nchw.onnx"))
+    transposes = [n for n in nchw.graph.node if n.op_type == "Transpose"]
+    assert len(transposes) == 1
+    consumers = [n.op_type for n in nchw.graph.node if transposes[0].output[0] in n.input]
+    assert consumers == ["Flatten"]
+    # Conv1D stays a 1-D convolution (no fake spatial axis)
+    conv = next(n for n in nchw.graph.node if n.op_type == "Conv")
+    assert [a.ints for a in conv.attribute if a.name == "kernel_shape"] == [[2]]
+    assert set(rep) >= {"model", "status", "tolerance", "max_abs_err", "transposes", "stages", "versions"}
+    assert set(rep["max_abs_err"]) == {"onnx_raw", "onnx_nchw", "torch"}
+    assert set(rep["stages"]) == {"export", "rewrite", "import", "compare"}
+    assert all(s["peak_rss_mb"] > 0 and s["seconds"] >= 0 for s in rep["stages"].values())
+    assert {"tensorflow", "keras", "tf2onnx", "onnx", "torch", "onnx2torch", "onnxruntime"} <= set(rep["versions"])
+    # the torch graph has the Transpose folded into the Dense weights
+    assert rep["transposes_torch"] == 0
+
+
+@pytest.mark.parametrize("builder", ["conv1d_flatten_dense", "conv2d_flatten_dense", "conv3d_flatten_dense",
+                                     "sequential_conv2d", "multi_io", "embedding_conv1d"])
+def test_builder_end_to_end(tmp_path, builder):
+    rep = assert_ok(cli("convert", "--model", f"tests/models.py:{builder}", "--out", tmp_path), tmp_path, builder)
+    assert rep["transposes"] <= 2
+
+
+@pytest.mark.parametrize("file, name", [
+    ("conv1d_flatten_dense.keras", "conv1d_flatten_dense"),
+    ("sequential_conv2d.keras", "sequential_conv2d"),
+    ("multi_io.keras", "multi_io"),
+    ("tf_keras_conv2d.h5", "tf_keras_conv2d"),
+    ("tf_keras_sequential_conv1d.h5", "tf_keras_sequential_conv1d"),
+    ("conv3d_savedmodel", "conv3d_savedmodel"),
+], ids=["keras-conv1d", "keras-sequential", "keras-multi-io", "h5-conv2d", "h5-sequential", "savedmodel-conv3d"])
+def test_model_files_end_to_end(tmp_path, model_files, file, name):
+    assert_ok(cli("convert", "--model", model_files / file, "--out", tmp_path), tmp_path, name)
+
+
+def test_each_stage_alone(tmp_path):
+    model = "tests/models.py:conv2d_flatten_dense"
+    mdir = tmp_path / "conv2d_flatten_dense"
+    files = {"export": ["raw.onnx", "reference.npz", "meta.json"], "rewrite": ["nchw.onnx", "torch.onnx", "rewrite.json"],
+             "import": ["model.safetensors", "import.json"], "compare": ["compare.json"]}
+    for stage in ("export", "rewrite", "import", "compare"):
+        proc = cli(stage, "--model", model, "--out", tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for f in files[stage]:
+            assert (mdir / stage / f).is_file(), (stage, f)
+    assert report(tmp_path, "conv2d_flatten_dense")["status"] == "ok"
+    # a later stage re-runs alone on the earlier stage's files
+    proc = cli("rewrite", "--model", model, "--out", tmp_path)
+    assert proc.returncode == 0 and "1 left in nchw.onnx" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert not any(p.name.startswith(".") for p in mdir.iterdir()), "temporary folders left behind"
+
+
+def test_stage_without_previous_stage_says_what_to_run(tmp_path):
+    proc = cli("import", "--model", "tests/models.py:conv1d_flatten_dense", "--out", tmp_path)
+    assert proc.returncode == 2
+    assert "run the rewrite stage first" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def _naive_module(nchw_path, transpose_before_flatten: bool):
+    """A hand-port of the default model with the kernels transposed for PyTorch and, when
+    asked, the Transpose back to channels-last before Flatten."""
+    import torch
+    from onnx import numpy_helper
+
+    g = onnx.load(str(nchw_path)).graph
+    init = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    nodes = {n.op_type: n for n in g.node}
+    adds = [n for n in g.node if n.op_type == "Add"]
+    w_conv = init[nodes["Conv"].input[1]]                 # (O, I, k): ONNX/torch kernel layout
+    b_conv = init[next(i for i in adds[0].input if i in init)].reshape(-1)
+    w_dense = init[nodes["MatMul"].input[1]]              # (features, units), Keras feature order
+    b_dense = init[next(i for i in adds[1].input if i in init)].reshape(-1)
+
+    class Port(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv1d(w_conv.shape[1], w_conv.shape[0], w_conv.shape[2])
+            self.dense = torch.nn.Linear(w_dense.shape[0], w_dense.shape[1])
+            with torch.no_grad():
+                self.conv.weight.copy_(torch.from_numpy(w_conv))
+                self.conv.bias.copy_(torch.from_numpy(b_conv))
+                self.dense.weight.copy_(torch.from_numpy(w_dense.T))
+                self.dense.bias.copy_(torch.from_numpy(b_dense))
+
+        def forward(self, x):
+            y = self.conv(x)
+            if transpose_before_flatten:
+                y = y.permute(0, 2, 1)
+            return self.dense(torch.flatten(y, 1))
+
+    return Port().eval()
+
+
+def test_flatten_trap_is_reported_as_mismatch(tmp_path):
+    assert cli("convert", "--out", tmp_path).returncode == 0
+    from pipeline import compare
+
+    mdir = ModelDir.of(tmp_path, "conv1d_flatten_dense")
+    nchw = mdir.stage("rewrite") / "nchw.onnx"
+    trapped = compare.run(mdir, Settings(), torch_module=_naive_module(nchw, transpose_before_flatten=False))
+    assert trapped["status"] == "mismatch"
+    assert trapped["max_abs_err"]["onnx_raw"] <= trapped["outputs"]["dense"]["onnx_raw"]["tolerance"]
+    assert trapped["max_abs_err"]["torch"] > 100 * trapped["outputs"]["dense"]["torch"]["tolerance"]
+    # the same weights with the Transpose before Flatten match: the trap is the only difference
+    fixed = compare.run(mdir, Settings(), torch_module=_naive_module(nchw, transpose_before_flatten=True))
+    assert fixed["status"] == "ok", fixed["max_abs_err"]
+
+
+FRESH = r"""
+import sys
+for blocked in ("tensorflow", "keras", "tf_keras", "tf2onnx"):
+    sys.modules[blocked] = None   # any import of these now raises ImportError
+import numpy as np, torch
+from pipeline.artifacts import ModelDir
+from pipeline import importer
+from pipeline.layouts import load_reference, inputs_for, output_to_keras
+from pipeline.artifacts import read_json
+mdir = ModelDir.of(sys.argv[1], sys.argv[2])
+module = importer.load(mdir)
+facts = read_json(mdir.stage("rewrite") / "rewrite.json")
+ins, ref = load_reference(mdir.stage("export") / "reference.npz")
+meta = read_json(mdir.stage("export") / "meta.json")
+feeds = inputs_for(facts, ins)
+with torch.no_grad():
+    out = module(*[torch.from_numpy(feeds[i["name"]]) for i in meta["inputs"]])
+out = out if isinstance(out, (list, tuple)) else [out]
+for o, r in zip(out, [ref[m["name"]] for m in meta["outputs"]]):
+    got = output_to_keras(facts, "", o.numpy())
+    scale = float(np.abs(r).max())
+    np.testing.assert_allclose(got, r, rtol=0, atol=1e-5 * scale + 1e-7)
+print("fresh-process-ok", read_json(mdir.stage("import") / "import.json")["format"])
+"""
+
+
+def test_saved_torch_model_reproduces_keras_in_fresh_process(tmp_path):
+    assert cli("convert", "--model", "tests/models.py:conv2d_flatten_dense", "--out", tmp_path).returncode == 0
+    proc = subprocess.run([sys.executable, "-c", FRESH, str(tmp_path), "conv2d_flatten_dense"], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "fresh-process-ok pt2" in proc.stdout
+
+
+def test_unknown_dimension_needs_input_shape(tmp_path):
+    proc = cli("convert", "--model", "tests/models.py:unknown_length_conv1d", "--out", tmp_path)
+    assert proc.returncode == 2
+    assert "--input-shape" in proc.stderr and "unknown non-batch" in proc.stderr
+    rep = report(tmp_path, "unknown_length_conv1d")
+    assert rep["status"] == "failed" and rep["error"]["stage"] == "export"
+    assert not (tmp_path / "unknown_length_conv1d" / "export").exists()
+    proc = cli("convert", "--model", "tests/models.py:unknown_length_conv1d", "--input-shape", "40,3", "--out", tmp_path)
+    assert_ok(proc, tmp_path, "unknown_length_conv1d")
