@@ -18,6 +18,7 @@ paths are relative to the config file) and optionally ``name``, ``input_shape``,
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import hashlib
 import html
 import importlib.metadata
@@ -54,6 +55,8 @@ DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow", "keras", "tf-keras", "tf2onnx",
                  "onnx2torch", "torch", "numpy", "safetensors")
 STAGE_KEYS = ("onnx_raw", "onnx_nchw", "torch")
 POLL_S = 0.2
+# set on Ctrl-C: running workers are killed and nothing is recorded for them (redone next time)
+_CANCEL = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,8 @@ def run_one(job: dict) -> dict:
                     killed = {"kind": "timeout", "limit": f"time_limit_s={job['time_limit_s']:g}",
                               "message": f"time limit exceeded: still running after time_limit_s="
                                          f"{job['time_limit_s']:g}; killed with SIGKILL"}
+                if _CANCEL.is_set():
+                    killed = {"kind": "cancelled"}
                 if killed:
                     _kill_tree(popen)
                     break
@@ -305,9 +310,11 @@ def run_one(job: dict) -> dict:
             rc = popen.wait()
             reader.join(timeout=5)
     seconds = time.monotonic() - t0
+    if killed and killed["kind"] == "cancelled":
+        return {"name": name, "record": {"name": name, "status": "cancelled", "seconds": seconds}, "files": {}}
     if killed:
         write_json(mdir.error, {"stage": stage[0], "model": name, "signal": "SIGKILL", **killed,
-                                "message": f"[stage {stage[0]}] {killed['message']}"})
+                                "message": killed["message"]})
     elif rc is not None and rc < 0:
         write_json(mdir.error, {"stage": stage[0], "model": name, "kind": "crash", "signal": signal.Signals(-rc).name,
                                 "message": f"the worker was killed by signal {signal.Signals(-rc).name}"})
@@ -329,7 +336,7 @@ def run_one(job: dict) -> dict:
            "exit_code": rc, "seconds": round(seconds, 2), "peak_rss_mb": round(peak / 2**20, 1),
            "limits": {"time_limit_s": job["time_limit_s"], "memory_limit_mb": job["memory_limit_mb"]},
            "killed": killed, "params": params, "per_layer": per_layer, "host": os.uname().nodename,
-           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")}
     write_json(mdir.root / "zoo.json", rec)
     files = {f: (mdir.root / f).read_text() for f in ("report.json", "zoo.json", "error.json")
              if (mdir.root / f).exists()}
@@ -363,8 +370,14 @@ def _row(m: ZooModel, out: Path, fp: str) -> dict:
     if status == "ok" and per_layer and per_layer["status"] in ("mismatch", "failed"):
         status = "mismatch"
     err = rep.get("error") or {}
+    if not rep.get("warnings"):
+        parity = "outputs"
+    elif per_layer and per_layer["status"] != "unavailable":
+        parity = "outputs (degenerate) + per-layer"
+    else:
+        parity = "outputs (degenerate; per-layer comparison unavailable)"
     return {
-        "name": m.name, "model": m.model, "status": status,
+        "name": m.name, "model": m.model, "status": status, "parity": parity if rep.get("max_abs_err") else None,
         "max_abs_err": rep.get("max_abs_err", {}), "max_rel_err": rep.get("max_rel_err", {}),
         "transposes": rep.get("transposes"), "transposes_torch": rep.get("transposes_torch"),
         "params": rec.get("params"), "stages": rep.get("stages", {}),
@@ -594,6 +607,8 @@ def run_zoo(zoo: Zoo, out: str | Path, *, jobs: int = 0, executor: str = "local"
     lock = threading.Lock()
 
     def done(result: dict) -> None:
+        if result["record"]["status"] == "cancelled":
+            return
         with lock:
             write_summary(summarize(zoo, out, fps), out)
         rec = result["record"]
@@ -610,14 +625,22 @@ def run_zoo(zoo: Zoo, out: str | Path, *, jobs: int = 0, executor: str = "local"
         def work(m: ZooModel) -> None:
             mb = mem.acquire(m.memory_limit_mb)
             try:
-                bar.start(m.name)
-                done(run_one(jobs_of[m.name]))
+                if not _CANCEL.is_set():
+                    bar.start(m.name)
+                    done(run_one(jobs_of[m.name]))
             finally:
                 mem.release(mb)
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-            for f in [pool.submit(work, m) for m in todo]:
-                f.result()
+            futures = [pool.submit(work, m) for m in todo]
+            try:
+                for f in futures:
+                    f.result()
+            except KeyboardInterrupt:
+                _CANCEL.set()   # running workers are killed within POLL_S; queued ones never start
+                pool.shutdown(wait=True, cancel_futures=True)
+                write_summary(summarize(zoo, out, fps), out)
+                raise
     bar.close()
     summary = summarize(zoo, out, fps)
     write_summary(summary, out)
@@ -642,7 +665,12 @@ def _run_ray(todo, jobs_of, jobs, address, bar, out, done) -> None:
                 ref = task.options(num_cpus=1, memory=min(m.memory_limit_mb * 2**20, mem_total)).remote(jobs_of[m.name])
                 inflight[ref] = m
                 bar.start(m.name)
-            ready, _ = ray.wait(list(inflight), num_returns=1)
+            try:
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+            except KeyboardInterrupt:
+                for ref in inflight:   # kills the Ray workers; their convert trees end with their stage
+                    ray.cancel(ref, force=True)
+                raise
             m = inflight.pop(ready[0])
             try:
                 result = ray.get(ready[0])
