@@ -6,10 +6,20 @@ Weights are seeded; biases and normalisation statistics get non-trivial values.
 """
 
 import keras
-
-from models import perturb   # configs/models.py
+import numpy as np
 
 L = keras.layers
+
+
+def perturb(model, seed=1):
+    """Give every constant-initialised weight (biases, normalisation statistics) seeded values."""
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        v = np.asarray(w.numpy())
+        if v.size and np.all(v == v.flat[0]):
+            scale = "variance" in w.path or "gamma" in w.path
+            w.assign((rng.uniform(0.5, 1.5, v.shape) if scale else rng.normal(0, 0.3, v.shape)).astype(v.dtype))
+    return model
 
 
 def _model(inp, out, name):
