@@ -13,7 +13,7 @@ ARG_MODEL  := $(if $(MODEL),--model '$(MODEL)')
 ARG_CONFIG := $(if $(CONFIG),--config '$(CONFIG)')
 STAGE_ARGS  = $(ARG_MODEL) $(ARG_CONFIG) --out '$(OUT)' $(ARGS)
 
-.PHONY: venv convert export rewrite import compare test clean
+.PHONY: venv convert export rewrite import compare zoo test clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,13 @@ convert: $(STAMP)
 STAGE_TARGETS := export rewrite import compare
 $(STAGE_TARGETS): $(STAMP)
 	$(PY) -m pipeline $@ $(STAGE_ARGS)
+
+# make zoo [CONFIG=configs/zoo.toml] [OUT=artifacts/zoo] [JOBS=n] [ARGS="--force --executor ray ..."]
+JOBS     ?=
+ZOO_OUT  := $(if $(filter command line environment,$(origin OUT)),$(OUT),artifacts/zoo)
+ZOO_CONF := $(or $(CONFIG),configs/zoo.toml)
+zoo: $(STAMP)
+	$(PY) -m pipeline zoo --config '$(ZOO_CONF)' --out '$(ZOO_OUT)' $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)

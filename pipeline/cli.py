@@ -48,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("convert", parents=[common], help="all stages, each in its own process")
     for s in STAGES:
         sub.add_parser(s, parents=[common], help=f"the {s} stage alone, on the previous stage's files")
+    zoo = sub.add_parser("zoo", help="convert every model of a zoo config, each in a watched worker process")
+    zoo.add_argument("--config", "-c", default="configs/zoo.toml", help="zoo config (default: configs/zoo.toml)")
+    zoo.add_argument("--out", "-o", default="artifacts/zoo", help="output folder (default: artifacts/zoo)")
+    zoo.add_argument("--jobs", "-j", type=int, help="models in parallel (default: cores, bounded by memory)")
+    zoo.add_argument("--executor", choices=("local", "ray"), default="local")
+    zoo.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    zoo.add_argument("--force", action="store_true", help="redo models whose report is up to date")
+    zoo.add_argument("--retry-failed", action="store_true", help="redo up-to-date models that failed")
+    zoo.add_argument("--only", help="comma-separated model names to run (the others are left as they are)")
+    zoo.add_argument("--no-progress", action="store_true", help="one line per model event, no progress bar")
     return p
 
 
@@ -134,7 +144,10 @@ def _convert(args, argv: list[str]) -> int:
         if not mdir.error.exists():
             why = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
             mdir.root.mkdir(parents=True, exist_ok=True)
-            write_json(mdir.error, PipelineError(stage, f"the {stage} process {why}", model=spec.name).info.to_json())
+            info = PipelineError(stage, f"the {stage} process {why}", model=spec.name).info.to_json()
+            if rc < 0:
+                info |= {"kind": "crash", "signal": signal.Signals(-rc).name}
+            write_json(mdir.error, info)
         rep = report.write(mdir, settings)
         print(f"{spec.name}: failed at {stage}  (report: {mdir.report})", file=sys.stderr)
         return 2
@@ -148,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "convert":
             return _convert(args, argv[1:])
+        if args.command == "zoo":
+            from pipeline import zoo
+
+            return zoo.main(args)
         return _stage(args.command, args)
     except PipelineError as e:
         _record_error(args, e.info.to_json() | {"model": e.info.model or _model_name(args)})

@@ -286,6 +286,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path) -> dict:
         "inputs": [{"name": n, "shape": s, "dtype": str(d)} for n, s, d in specs],
         "outputs": [{"name": k, "shape": [None, *ref[k].shape[1:]], "dtype": str(ref[k].dtype)} for k in onnx_outputs],
         "keras_layers": _layers(model),
+        "params": int(model.count_params()) if hasattr(model, "count_params") else None,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
                      "onnx": onnx.__version__, "numpy": np.__version__},
         "tf2onnx_passes": list(TF2ONNX_PASSES),
