@@ -8,6 +8,7 @@ stage) and ``rewrite/rewrite.json`` (layouts, Transposes removed and left, and w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -30,24 +31,52 @@ def to_channels_first(model: ir.Model, channels_first_inputs: list[str], setting
     passes.infer_shapes(model)
     before = len(layout.transposes(model.graph))
     static = passes.static_reshapes(ctx)
+    dense = passes.collapse_tensordot(ctx)
     ins = layout.inputs_to_channels_first(ctx, channels_first_inputs)
     sweeps = layout.push_transposes(ctx)
     outs = [] if settings.channels_last_outputs else layout.outputs_to_channels_first(ctx)
     conv1d = passes.conv1d(ctx)
     passes.cleanup(model)
-    layout.push_transposes(ctx)   # conv1d can expose more work; a no-op otherwise
+    sweeps += layout.push_transposes(ctx)   # conv1d and outputs can expose more work
     passes.cleanup(model)
     return {
         "inputs_channels_first": ins,
         "outputs_channels_first": outs,
         "transposes_in_raw": before,
         "static_reshapes": static,
+        "dense_on_features": dense,
         "conv1d": conv1d,
         "sweeps": sweeps,
-        "remaining": layout.explain(ctx, [], []),
+        "remaining": layout.explain(ctx, outs, settings.channels_last_inputs, settings.channels_last_outputs),
         "barriers": {k: {"op_type": v[0], "reason": v[1]} for k, v in ctx.barriers.items()
                      if any(n.name == k for n in model.graph)},
     }
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass returns (as in onnx_ir): the model, and whether the pass changed it."""
+    model: ir.Model
+    modified: bool
+
+
+def graph_signature(model: ir.Model) -> list:
+    """Nodes (op, inputs, outputs, attributes), inputs, outputs and initializers by name."""
+    g = model.graph
+    nodes = [(n.op_type, n.domain, tuple(v.name if v is not None else "" for v in n.inputs),
+              tuple(v.name for v in n.outputs), tuple(sorted((k, repr(a.value)) for k, a in n.attributes.items())))
+             for n in g]
+    return [nodes, [v.name for v in g.inputs], [v.name for v in g.outputs], sorted(g.initializers)]
+
+
+def rerun(model: ir.Model, settings: Settings) -> PassResult:
+    """The rewrite run again on a copy of its own result (inputs as they are now).
+
+    ``modified`` is False at a fixpoint: the rewrite is idempotent on ``model``."""
+    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    before = graph_signature(copy)
+    to_channels_first(copy, [], settings)
+    return PassResult(copy, graph_signature(copy) != before)
 
 
 def rewrite_file(raw: Path, settings: Settings) -> tuple[ir.Model, dict]:

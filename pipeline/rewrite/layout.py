@@ -22,6 +22,7 @@ from pipeline.errors import PipelineError
 from pipeline.rewrite import registry
 from pipeline.rewrite.context import Ctx, dims, rank
 from pipeline.rewrite.perm import compose, is_identity, to_first, to_last
+from pipeline.rewrite.rules.shape import moves_only_unit_dims
 
 MAX_ROUNDS = 10_000
 
@@ -150,23 +151,40 @@ def push_transposes(ctx: Ctx) -> int:
 
 
 def outputs_to_channels_first(ctx: Ctx) -> list[str]:
-    """Drop the final Transpose to channels-last of each output that has one."""
+    """Make each model output produced by ``Transpose(x, p)`` channels-first.
+
+    The output becomes ``Transpose(x, q)``, ``q = compose(p, to_first)``: nothing when q is
+    the identity (the usual Transpose back to channels-last), else one Transpose that
+    stays where p puts x's channel axis last in Keras (a Permute before the output) or
+    q only moves unit axes (folded into an Unsqueeze by the next push). Other outputs
+    (channels split or merged with other axes) keep Keras' layout."""
     done = []
     g = ctx.graph
     for i, y in enumerate(list(g.outputs)):
         t = y.producer()
-        if t is None or t.op_type != "Transpose":
+        if t is None or t.op_type != "Transpose" or t.domain != "":
             continue
         p = tuple(t.attributes["perm"].as_ints())
         x = t.inputs[0]
-        if len(p) < 3 or p != to_last(len(p)) or x.is_graph_input() or x.is_graph_output():
+        r = len(p)
+        if r < 3 or r > 5 or p[0] != 0 or x.is_graph_input() or x.is_graph_output():
             continue
+        q = compose(p, to_first(r))
         name = y.name
-        y.name = ctx.name(name)
-        x.name = name
-        g.outputs[i] = x
-        if not y.uses():
-            ctx.remove(t)
+        if is_identity(q):
+            y.name = ctx.name(name)
+            x.name = name
+            g.outputs[i] = x
+            if not y.uses():
+                ctx.remove(t)
+        elif p[-1] == 1 or moves_only_unit_dims(dims(x), q):
+            if y.uses():
+                continue
+            ctx.set_attr(t, "perm", list(q))
+            if y.shape is not None and len(y.shape) == r:
+                y.shape = ir.Shape([y.shape[j] for j in to_first(r)])
+        else:
+            continue
         done.append(name)
     return done
 
@@ -175,22 +193,65 @@ def transposes(graph: ir.Graph) -> list[ir.Node]:
     return [n for n in graph if n.op_type == "Transpose" and n.domain == ""]
 
 
-def explain(ctx: Ctx, keep_in: list[str], keep_out: list[str]) -> list[dict]:
-    """Each Transpose left in the graph, with the reason it stays."""
+# ops that need channels-first data and have no rule because they never move a layout
+CHANNELS_FIRST_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
+                      "GlobalMaxPool", "GlobalLpPool", "BatchNormalization", "InstanceNormalization",
+                      "Resize", "DepthToSpace", "SpaceToDepth", "MaxUnpool", "RoiAlign")
+SEQUENCE_OPS = ("LSTM", "GRU", "RNN")
+
+
+def _producer_text(v: ir.Value) -> str:
+    p = v.producer()
+    if p is None:
+        return f"model input {v.name!r}" if v.is_graph_input() else f"constant {v.name!r}"
+    return f"{p.op_type} {p.name!r}"
+
+
+def _reason(ctx: Ctx, t: ir.Node, n: ir.Node) -> str:
+    """Why ``t`` cannot move past its user ``n``."""
+    p = tuple(t.attributes["perm"].as_ints())
+    r = len(p)
+    src = _producer_text(t.inputs[0])
+    op, why = ctx.barriers.get(n.name, (n.op_type, None))
+    head = f"before {n.op_type} {n.name!r}"
+    if n.op_type in CHANNELS_FIRST_OPS and r >= 3 and p == to_first(r):
+        return (f"{head}: {n.op_type} needs channels-first data but {src} produces channels-last "
+                "(no rule moves the Transpose up through it)")
+    if n.op_type in SEQUENCE_OPS:
+        return f"{head}: {n.op_type} reads (sequence, batch, features), the layout of ONNX recurrent ops"
+    if n.op_type in CHANNELS_FIRST_OPS:
+        return f"{head}: a transpose of the model's own (Keras Permute or a transpose op) before {n.op_type}"
+    if why is None:
+        if n.op_type in ("Flatten", "Reshape"):
+            why = f"{n.op_type} mixes channel and spatial axes"
+        else:
+            why = f"no layout rule for {n.op_type} (opset {ctx.opset}): a barrier, kept correct by this Transpose"
+    return f"{head}: {why}"
+
+
+def explain(ctx: Ctx, cf_outputs=(), keep_in: bool = False, keep_out: bool = False) -> list[dict]:
+    """Each Transpose left in the graph, with the reasons it stays (one per user).
+
+    ``cf_outputs``: the outputs made channels-first; ``keep_in``/``keep_out``: the user
+    asked for channels-last inputs/outputs."""
     out = []
     for t in transposes(ctx.graph):
         x, y = t.inputs[0], t.outputs[0]
+        p = tuple(t.attributes["perm"].as_ints())
         reasons = []
         if x.is_graph_input():
-            reasons.append(f"model input {x.name!r} kept channels-last")
+            reasons.append(f"model input {x.name!r} kept channels-last"
+                           + (" (asked for)" if keep_in else ": channels-first inputs left more Transposes"))
         if y.is_graph_output():
-            reasons.append(f"model output {y.name!r} kept in Keras' layout")
+            if keep_out:
+                reasons.append(f"model output {y.name!r} kept channels-last (asked for)")
+            elif y.name in cf_outputs:
+                reasons.append(f"model output {y.name!r}: a transpose of the model's own (Keras Permute or "
+                               "a transpose op), in channels-first terms")
+            else:
+                reasons.append(f"model output {y.name!r} kept in Keras' layout: its channels are split or "
+                               f"merged with other axes (perm {list(p)})")
         for use in y.uses():
-            n = use.node
-            op, why = ctx.barriers.get(n.name, (n.op_type, None))
-            if why is None and n.op_type in ("Flatten", "Reshape"):
-                why = f"{n.op_type} mixes channel and spatial axes"
-            reasons.append(f"before {n.op_type} {n.name!r}: {why or 'not pushed'}")
-        out.append({"node": t.name, "perm": list(t.attributes["perm"].as_ints()),
-                    "shape": dims(x), "reasons": reasons})
+            reasons.append(_reason(ctx, t, use.node))
+        out.append({"node": t.name, "perm": list(p), "shape": dims(x), "reasons": reasons})
     return out

@@ -50,6 +50,37 @@ def static_reshapes(ctx: Ctx) -> list[str]:
     return changed
 
 
+def collapse_tensordot(ctx: Ctx) -> list[str]:
+    """tf2onnx's Dense on a rank-3..5 tensor, ``Reshape(x, [-1, C]) -> MatMul(W) -> Reshape``
+    back to ``(N, *S, D)``, becomes one ``MatMul(x, W)`` (ONNX MatMul broadcasts), which the
+    MatMul rule turns into a 1x1 convolution on channels-first data."""
+    changed = []
+    for mm in list(ctx.graph):
+        if mm.op_type != "MatMul" or mm.graph is not ctx.graph:
+            continue
+        r1, w = mm.inputs[0].producer(), ctx.const(mm.inputs[1])
+        uses = list(mm.outputs[0].uses())
+        if r1 is None or r1.op_type != "Reshape" or w is None or w.ndim != 2 or len(uses) != 1:
+            continue
+        r2 = uses[0].node
+        if r2.op_type != "Reshape" or len(mm.inputs[0].uses()) != 1 or mm.outputs[0].is_graph_output():
+            continue
+        x, y = r1.inputs[0], r2.outputs[0]
+        xd, yd = dims(x), dims(y)
+        if not xd or not yd or len(xd) < 3 or len(yd) != len(xd) or None in xd[1:] or None in yd[1:]:
+            continue
+        if xd[-1] != w.shape[0] or yd[1:] != [*xd[1:-1], w.shape[1]] or len(dims(r1.outputs[0]) or []) != 2:
+            continue
+        new = ir.node("MatMul", [x, mm.inputs[1]], name=mm.name)
+        ctx.graph.insert_before(r2, new)
+        new.outputs[0].type, new.outputs[0].shape = y.type, y.shape
+        ctx.redirect(y, new.outputs[0])
+        for n in (r2, mm, r1):
+            ctx.remove(n)
+        changed.append(mm.name)
+    return changed
+
+
 _SPATIAL_1D = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
 
 
