@@ -43,6 +43,31 @@ def squeeze(ctx, node):
     return True
 
 
+def unsqueeze_layout(p, axes: list[int]) -> tuple[list[int], tuple[int, ...]]:
+    """Unsqueeze(T(x, p), axes) == T(Unsqueeze(x, axes'), q): returns (axes', q).
+
+    Each new unit axis goes right after the axis of x it follows in the transposed
+    layout, so an axis inserted to be merged with its neighbour (UpSampling's repeat)
+    stays next to it in x too."""
+    n = len(p) + len(axes)
+    keys, prev, k = [], (-1, 0), 0
+    for j in range(n):
+        if j in axes:
+            k += 1
+            keys.append((prev[0], k))
+        else:
+            i = j - _k_before(j, axes)
+            prev = (p[i], 0)
+            keys.append(prev)
+    order = sorted(range(n), key=lambda j: keys[j])
+    q = tuple(order.index(j) for j in range(n))
+    return sorted(order.index(j) for j in axes), q
+
+
+def _k_before(j: int, axes) -> int:
+    return sum(1 for a in axes if a < j)
+
+
 @register("Unsqueeze")
 def unsqueeze(ctx, node):
     p = data_perm(ctx, node, [0])
@@ -51,9 +76,10 @@ def unsqueeze(ctx, node):
         return ctx.fail(node, why or "the transposed input is not the data input")
     n = len(p) + len(axes)
     axes = sorted(norm_axis(a, n) for a in axes)
+    new_axes, q = unsqueeze_layout(p, axes)
     ctx.bypass(node, 0)
-    _set_axes(ctx, node, axes)
-    ctx.transpose_output(node, 0, after_inserting(p, axes))
+    _set_axes(ctx, node, new_axes)
+    ctx.transpose_output(node, 0, q)
     return True
 
 
@@ -219,11 +245,17 @@ def _permute_per_axis(values: np.ndarray, p) -> np.ndarray:
 def pad(ctx, node):
     p = data_perm(ctx, node, [0])
     pads = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else None
-    if p is None or pads is None:
-        return ctx.fail(node, "needs a transposed data input and constant pads")
     if len(node.inputs) > 3 and node.inputs[3] is not None:
         return ctx.fail(node, "Pad with explicit axes")
-    r = len(p)
+    r = len(p) if p is not None else 0
+    if p is not None and pads is None and dims(node.inputs[1]) == [2 * r]:
+        # computed pads (tf2onnx's ConvTranspose "same"): permuted by a Gather
+        _gathered(ctx, node, 1, tuple(p) + tuple(r + a for a in p))
+        ctx.bypass(node, 0)
+        ctx.transpose_output(node, 0, p)
+        return True
+    if p is None or pads is None:
+        return ctx.fail(node, "needs a transposed data input and constant or per-axis pads")
     pads = pads.reshape(-1)
     new = np.concatenate([_permute_per_axis(pads[:r], p), _permute_per_axis(pads[r:], p)])
     ctx.bypass(node, 0)
