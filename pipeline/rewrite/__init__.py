@@ -97,6 +97,14 @@ def rewrite_file(raw: Path, settings: Settings) -> tuple[ir.Model, dict]:
     return best[1], best[2]
 
 
+def fold_for_torch(model: ir.Model, settings: Settings) -> list[str]:
+    """In place: each ``Transpose -> Flatten -> MatMul`` folded into the weights (if asked)."""
+    ctx = Ctx(model.graph, _opset(model))
+    folded = passes.fold_flatten_transposes(ctx) if settings.fold_flatten_transpose else []
+    passes.cleanup(model)
+    return folded
+
+
 def run(mdir: ModelDir, settings: Settings) -> dict:
     clock = StageClock()
     src = mdir.require("export", "raw.onnx", "meta.json")
@@ -115,9 +123,7 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
     with atomic_dir(mdir.stage("rewrite")) as d:
         onnx.save(proto, d / "nchw.onnx")
         del proto
-        ctx = Ctx(model.graph, _opset(model))
-        folded = passes.fold_flatten_transposes(ctx) if settings.fold_flatten_transpose else []
-        passes.cleanup(model)
+        folded = fold_for_torch(model, settings)
         torch_proto = ir.serde.serialize_model(model)
         onnx.save(torch_proto, d / "torch.onnx")
         facts["folded_into_dense"] = folded
