@@ -38,6 +38,7 @@ def to_channels_first(model: ir.Model, channels_first_inputs: list[str], setting
     conv1d = passes.conv1d(ctx)
     passes.cleanup(model)
     sweeps += layout.push_transposes(ctx)   # conv1d and outputs can expose more work
+    unit = passes.unit_transposes_to_reshapes(ctx)
     passes.cleanup(model)
     return {
         "inputs_channels_first": ins,
@@ -46,6 +47,7 @@ def to_channels_first(model: ir.Model, channels_first_inputs: list[str], setting
         "static_reshapes": static,
         "dense_on_features": dense,
         "conv1d": conv1d,
+        "unit_transposes_as_reshapes": unit,
         "sweeps": sweeps,
         "remaining": layout.explain(ctx, outs, settings.channels_last_inputs, settings.channels_last_outputs),
         "barriers": {k: {"op_type": v[0], "reason": v[1]} for k, v in ctx.barriers.items()

@@ -81,6 +81,39 @@ def collapse_tensordot(ctx: Ctx) -> list[str]:
     return changed
 
 
+def unit_transposes_to_reshapes(ctx: Ctx) -> list[str]:
+    """A Transpose left after the push that only moves unit axes (``(N, 1, 1, C) ->
+    (N, C, 1, 1)``, squeeze-excite blocks) moves no data: it becomes a static Reshape,
+    merged into the Reshape before it when that is its only user."""
+    from pipeline.rewrite.rules.shape import moves_only_unit_dims
+
+    changed = []
+    for t in list(ctx.graph):
+        if t.op_type != "Transpose" or t.domain != "" or t.graph is not ctx.graph:
+            continue
+        x, y = t.inputs[0], t.outputs[0]
+        p = tuple(t.attributes["perm"].as_ints())
+        xd = dims(x)
+        if not moves_only_unit_dims(xd, p) or None in xd[1:] or (xd[0] is None and p[0] != 0):
+            continue
+        if x.is_graph_input() and y.is_graph_output():
+            continue
+        shape = ctx.new_const(np.array([-1 if xd[i] is None else xd[i] for i in p], dtype=np.int64),
+                              f"{t.name}/shape")
+        src = x.producer()
+        if src is not None and src.op_type == "Reshape" and len(x.uses()) == 1 and not x.is_graph_output():
+            x = src.inputs[0]
+        new = ir.node("Reshape", [x, shape], name=ctx.name(f"{t.name}/as_reshape"))
+        ctx.graph.insert_before(t, new)
+        new.outputs[0].type, new.outputs[0].shape = y.type, y.shape
+        ctx.redirect(y, new.outputs[0])
+        ctx.remove(t)
+        if src is not None and not src.outputs[0].uses() and not src.outputs[0].is_graph_output():
+            ctx.remove(src)
+        changed.append(t.name)
+    return changed
+
+
 _SPATIAL_1D = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
 
 
