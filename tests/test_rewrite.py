@@ -158,6 +158,27 @@ RULE_CASES = {
 }
 
 
+@pytest.mark.parametrize("op", ["MatMul", "Gemm", "Gemm-transB"])
+def test_flatten_fold_permutes_dense_rows(op):
+    """Transpose -> Flatten -> Dense: the torch graph has no Transpose and the same numbers."""
+    k, d = H * W * C, 4
+    wt = np.linspace(-1, 1, k * d, dtype=np.float32).reshape(k, d)
+    if op == "MatMul":
+        dense = helper.make_node("MatMul", ["fl", "m"], ["y"])
+    else:
+        dense = helper.make_node("Gemm", ["fl", "m"], ["y"], transB=int(op.endswith("transB")))
+        wt = wt.T.copy() if op.endswith("transB") else wt
+    proto = _graph([helper.make_node("Flatten", ["f"], ["fl"], axis=1), dense], (N, d), [("m", wt)])
+    x = np.random.default_rng(0).normal(size=(N, H, W, C)).astype(np.float32)
+    ref = run_ort(proto, {"x": x})["y"]
+    model = ir.serde.deserialize_model(proto)
+    facts = to_channels_first(model, ["x"], Settings())
+    assert len(layout.transposes(model.graph)) == 1     # nchw.onnx keeps it, for inspection
+    assert fold_for_torch(model, Settings())
+    assert not layout.transposes(model.graph)
+    assert close(ref, run_ort(ir.serde.serialize_model(model), inputs_for(facts, {"x": x}))["y"])
+
+
 @pytest.mark.parametrize("case", list(RULE_CASES))
 def test_rule_on_tiny_graph(case):
     nodes, out_shape, inits, expected = RULE_CASES[case]

@@ -212,7 +212,7 @@ def conv1d(ctx: Ctx) -> list[str]:
 
 
 def fold_flatten_transposes(ctx: Ctx) -> list[str]:
-    """``Transpose(x, to_last) -> Flatten -> MatMul(W)`` with constant W: the rows of W are
+    """``Transpose(x, to_last) -> Flatten -> MatMul/Gemm(W)`` with constant W: the rows of W are
     permuted once into channels-first order and the runtime Transpose goes away."""
     folded = []
     for t in list(ctx.graph):
@@ -233,8 +233,9 @@ def fold_flatten_transposes(ctx: Ctx) -> list[str]:
             continue
         fuses = list(f.outputs[0].uses())
         mats = [u.node for u in fuses]
-        ok = all(m.op_type == "MatMul" and m.inputs[0] is f.outputs[0] and ctx.const(m.inputs[1]) is not None
-                 and ctx.const(m.inputs[1]).ndim == 2 for m in mats)
+        ok = all(m.op_type in ("MatMul", "Gemm") and m.inputs[0] is f.outputs[0]
+                 and ctx.const(m.inputs[1]) is not None and ctx.const(m.inputs[1]).ndim == 2
+                 and not ctx.attr(m, "transA", 0) for m in mats)
         if not fuses or not ok:
             continue
         k = int(np.prod(xd[1:]))
@@ -242,7 +243,8 @@ def fold_flatten_transposes(ctx: Ctx) -> list[str]:
         order = np.transpose(keras_index, inverse(tuple(i - 1 for i in p[1:]))).reshape(-1)
         for m in mats:
             w = ctx.const(m.inputs[1])
-            m.replace_input_with(1, ctx.new_const(w[order], f"{m.name}/kernel_channels_first"))
+            w = w[:, order] if m.op_type == "Gemm" and ctx.attr(m, "transB", 0) else w[order]
+            m.replace_input_with(1, ctx.new_const(w, f"{m.name}/kernel_channels_first"))
         f.replace_input_with(0, x)
         ctx.remove(t)
         folded.append(t.name)
