@@ -82,20 +82,27 @@ def rerun(model: ir.Model, settings: Settings) -> PassResult:
 
 
 def rewrite_file(raw: Path, settings: Settings) -> tuple[ir.Model, dict]:
-    """Try channels-first inputs and keep them only where they leave fewer Transposes."""
+    """Inputs that may carry channels become channels-first, each unless keeping it
+    channels-last leaves strictly fewer Transposes (an input that feeds a Flatten
+    directly, say): ties go to channels-first."""
     probe = ir.load(raw)
     candidates = [] if settings.channels_last_inputs else layout.channel_candidates(probe.graph)
     del probe
-    trials = [candidates] + ([[]] if candidates else [])
-    best = None
-    for choice in trials:
+
+    def trial(choice):
         model = ir.load(raw)
         facts = to_channels_first(model, choice, settings)
-        n = len(facts["remaining"])
-        if best is None or n <= best[0] and not (n == best[0] and choice):
-            best = (n, model, facts)
-        else:
-            del model
+        return len(facts["remaining"]), model, facts
+
+    best = trial(candidates)
+    chosen = list(candidates)
+    for name in candidates:
+        if best[0] == 0:
+            break
+        fewer = [c for c in chosen if c != name]
+        t = trial(fewer)
+        if t[0] < best[0]:
+            best, chosen = t, fewer
     return best[1], best[2]
 
 

@@ -146,9 +146,89 @@ def _lift_transpose_above_unsqueeze(ctx: Ctx, node: ir.Node) -> None:
     ctx.remove(u)
 
 
+def _axes_const(ctx: Ctx, node: ir.Node) -> list | None:
+    c = ctx.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    return None if c is None else [int(a) for a in c.reshape(-1)]
+
+
+def _as_1d(ctx: Ctx, node: ir.Node) -> ir.Node | None:
+    """A 2-D Conv/ConvTranspose/pool on ``(N, C, 1, W)`` whose window does not move along
+    the unit axis (kernel, stride, dilation 1, no padding there) as the 1-D op on
+    ``Squeeze(x, [2])``, followed by ``Unsqueeze([2])``; None if it does not qualify."""
+    x, y = node.inputs[0], node.outputs[0]
+    xd, yd = dims(x), dims(y)
+    if len(node.outputs) != 1 or not xd or len(xd) != 4 or xd[2] != 1 or (yd and (len(yd) != 4 or yd[2] != 1)):
+        return None
+    a = {k: v.value for k, v in node.attributes.items()}
+    ks = a.get("kernel_shape")
+    w = ctx.const(node.inputs[1]) if node.op_type.startswith("Conv") else None
+    if node.op_type.startswith("Conv"):
+        if w is None or w.ndim != 4 or w.shape[2] != 1:
+            return None
+        ks = ks or list(w.shape[2:])
+    if not ks or len(ks) != 2 or ks[0] != 1:
+        return None
+    if any(list(a.get(k, [1, 1]))[0] != 1 for k in ("strides", "dilations")):
+        return None
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    auto_pad = a.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if pads[0] or pads[2] or auto_pad not in ("NOTSET", "VALID"):
+        return None
+    if list(a.get("output_padding", [0, 0]))[0] != 0 or ("output_shape" in a and list(a["output_shape"])[0] != 1):
+        return None
+    attrs = {}
+    for k, v in a.items():
+        if k in ("kernel_shape", "strides", "dilations", "output_padding", "output_shape"):
+            attrs[k] = list(v)[1:]
+        elif k == "pads":
+            attrs[k] = [pads[1], pads[3]]
+        else:
+            attrs[k] = v
+    sq = ir.node("Squeeze", [x, ctx.new_const(np.array([2], dtype=np.int64), "axes")], name=ctx.name(f"{node.name}/squeeze"))
+    inputs = [sq.outputs[0]]
+    if w is not None:
+        inputs.append(ctx.new_const(w[:, :, 0, :], f"{node.name}/kernel1d"))
+        inputs.extend(node.inputs[2:])
+    new = ir.node(node.op_type, inputs, attrs, name=node.name)
+    un = ir.node("Unsqueeze", [new.outputs[0], ctx.new_const(np.array([2], dtype=np.int64), "axes")],
+                 name=ctx.name(f"{node.name}/unsqueeze"))
+    for n in (sq, new, un):
+        ctx.graph.insert_before(node, n)
+    sq.outputs[0].type, sq.outputs[0].shape = x.type, ir.Shape([x.shape[0], x.shape[1], x.shape[3]])
+    new.outputs[0].type = y.type
+    if y.shape is not None:
+        new.outputs[0].shape = ir.Shape([y.shape[0], y.shape[1], y.shape[3]])
+    un.outputs[0].type, un.outputs[0].shape = y.type, y.shape
+    ctx.redirect(y, un.outputs[0])
+    ctx.remove(node)
+    return new
+
+
+def _cancel_squeezes(ctx: Ctx) -> None:
+    """``Squeeze(Unsqueeze(v, a), a) -> v`` (the unit axis between two 1-D ops)."""
+    for s in list(ctx.graph):
+        if s.op_type != "Squeeze" or s.graph is not ctx.graph:
+            continue
+        u = s.inputs[0].producer()
+        if u is None or u.op_type != "Unsqueeze" or (sa := _axes_const(ctx, s)) is None:
+            continue
+        ua = _axes_const(ctx, u)
+        r = len(dims(s.inputs[0]) or [])
+        if ua is None or not r or sorted(a % r for a in sa) != sorted(a % r for a in ua):
+            continue
+        ctx.redirect(s.outputs[0], u.inputs[0])
+        ctx.remove(s)
+        if not u.outputs[0].uses() and not u.outputs[0].is_graph_output():
+            ctx.remove(u)
+
+
 def conv1d(ctx: Ctx) -> list[str]:
-    """``Unsqueeze(x, [2]) -> Conv2D(kernel 1xk) -> Squeeze([2])`` becomes a 1-D Conv
-    (also pooling and ConvTranspose), so torch gets ``Conv1d``, not a fake extra axis."""
+    """Conv1D as tf2onnx writes it, ``Unsqueeze(x, [2]) -> Conv2D(kernel 1xk) -> ...
+    -> Squeeze([2])``, becomes 1-D ops (Conv, ConvTranspose, pooling; a separable conv's
+    two convs too), so torch gets ``Conv1d``, not a fake extra axis. Each such 2-D op
+    becomes ``Squeeze -> op1d -> Unsqueeze`` and adjacent ``Unsqueeze -> Squeeze`` pairs
+    cancel; what the 1-D op does not cover (a Slice between two convs) keeps its axis."""
     changed = []
     for node in list(ctx.graph):
         if node.op_type in _SPATIAL_1D and node.graph is ctx.graph:
@@ -156,58 +236,9 @@ def conv1d(ctx: Ctx) -> list[str]:
     for node in list(ctx.graph):
         if node.op_type not in _SPATIAL_1D or node.graph is not ctx.graph:
             continue
-        u = node.inputs[0].producer()
-        y = node.outputs[0]
-        uses = list(y.uses())
-        if u is None or u.op_type != "Unsqueeze" or len(uses) != 1 or y.is_graph_output() or len(node.outputs) != 1:
-            continue
-        s = uses[0].node
-        if s.op_type != "Squeeze":
-            continue
-        ua = ctx.const(u.inputs[1]) if len(u.inputs) > 1 else None
-        sa = ctx.const(s.inputs[1]) if len(s.inputs) > 1 else None
-        if ua is None or sa is None or list(ua.reshape(-1)) != [2] or list(sa.reshape(-1)) != [2]:
-            continue
-        a = {k: v.value for k, v in node.attributes.items()}
-        ks = a.get("kernel_shape")
-        w = ctx.const(node.inputs[1]) if node.op_type.startswith("Conv") else None
-        if node.op_type.startswith("Conv"):
-            if w is None or w.ndim != 4 or w.shape[2] != 1:
-                continue
-            ks = ks or list(w.shape[2:])
-        if not ks or len(ks) != 2 or ks[0] != 1:
-            continue
-        if any(a.get(k, [1, 1])[0] != 1 for k in ("strides", "dilations")):
-            continue
-        pads = list(a.get("pads", [0, 0, 0, 0]))
-        if pads[0] or pads[2] or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
-            continue
-        if "output_padding" in a and list(a["output_padding"])[0] != 0:
-            continue
-        attrs = {}
-        for k, v in a.items():
-            if k in ("kernel_shape", "strides", "dilations", "output_padding"):
-                attrs[k] = list(v)[1:]
-            elif k == "pads":
-                attrs[k] = [pads[1], pads[3]]
-            elif k == "output_shape":
-                attrs[k] = list(v)[1:]
-            else:
-                attrs[k] = v
-        inputs = [u.inputs[0]]
-        if w is not None:
-            inputs.append(ctx.new_const(w[:, :, 0, :], f"{node.name}/kernel1d"))
-            inputs.extend(node.inputs[2:])
-        new = ir.node(node.op_type, inputs, attrs, name=node.name)
-        ctx.graph.insert_before(node, new)
-        out = s.outputs[0]
-        new.outputs[0].type, new.outputs[0].shape = out.type, out.shape
-        ctx.redirect(out, new.outputs[0])
-        for n in (s, node):
-            ctx.remove(n)
-        if not u.outputs[0].uses():
-            ctx.remove(u)
-        changed.append(node.name)
+        if _as_1d(ctx, node) is not None:
+            changed.append(node.name)
+    _cancel_squeezes(ctx)
     return changed
 
 
