@@ -290,7 +290,8 @@ def test_layer_rewrite(layer_exports, name):
         assert all(any(reason in r for r in t["reasons"]) for t in left), left
     assert not rerun(model, Settings()).modified
     if name in ONE_D:   # Conv1D/pooling come back 1-D, without the fake axis
-        assert not [n.op_type for n in model.graph if n.op_type in ("Unsqueeze", "Squeeze")]
+        if name != "conv1d_transpose":   # its 'same' crop is a computed Slice/Pad on the 4-D tensor
+            assert not [n.op_type for n in model.graph if n.op_type in ("Unsqueeze", "Squeeze")]
         for node in model.graph:
             if node.op_type in ("Conv", "ConvTranspose", "MaxPool", "AveragePool"):
                 w = node.inputs[1] if len(node.inputs) > 1 else None
@@ -302,7 +303,7 @@ def test_layer_rewrite(layer_exports, name):
 
 
 # -- torch: static Flatten, torch.export and torch.compile with a dynamic batch ----------------
-TORCH_CASES = ["flatten_dense2d", "conv1d", "dense_rank4", "groupnorm", "upsampling2d"]
+TORCH_CASES = ["flatten_dense2d", "conv1d", "dense_rank4", "groupnorm", "upsampling2d", "mha_conv_features"]
 
 
 def _torch_module(out, name, tmp_path):
@@ -336,13 +337,16 @@ def test_torch_export_dynamic_batch(layer_exports, tmp_path, name):
         assert close(ref, got.detach().numpy()), (name, batch)
 
 
-def test_torch_compile_dynamic_batch(layer_exports, tmp_path):
+@pytest.mark.parametrize("name", ["flatten_dense2d", "groupnorm"])
+def test_torch_compile_dynamic_batch(layer_exports, tmp_path, name):
     import torch
 
     out, _ = layer_exports
-    module, nchw, facts = _torch_module(out, "flatten_dense2d", tmp_path)
-    compiled = torch.compile(module, dynamic=True, fullgraph=True)
-    x = inputs_for(facts, load_reference(out / "flatten_dense2d" / "export" / "reference.npz")[0])["x"]
+    module, nchw, facts = _torch_module(out, name, tmp_path)
+    # aot_eager: Dynamo's capture and AOT tracing with a symbolic batch, without the
+    # minutes of C++ code generation that inductor costs on this 2-core machine
+    compiled = torch.compile(module, dynamic=True, fullgraph=True, backend="aot_eager")
+    x = inputs_for(facts, load_reference(out / name / "export" / "reference.npz")[0])["x"]
     for batch in (3, 5):
         xb = np.random.default_rng(batch).normal(size=(batch, *x.shape[1:])).astype(np.float32)
         ref = next(iter(run_ort(nchw, {"x": xb}).values()))
