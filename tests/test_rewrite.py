@@ -222,10 +222,8 @@ NEEDED = {
     "lstm_conv_features": (1, "LSTM reads (sequence, batch, features)"),
     "time_distributed": (1, "kept in Keras' layout"),                      # time axis merged with batch
 }
-# The semantics need none here, but the rewrite only pushes Transposes down: RepeatVector
-# makes channels-last data from a rank-2 tensor (Unsqueeze -> Tile -> Reshape), and moving
-# the Conv's Transpose up through that chain is not implemented.
-KNOWN_GAPS = {"repeat_vector": "a Transpose would have to move up through RepeatVector's Tile/Reshape"}
+# repeat_vector needs none either: RepeatVector makes channels-last data from a rank-2
+# tensor (Unsqueeze -> Tile -> Reshape); the Conv1D's Transpose is pulled up through it.
 ONE_D = ("conv1d", "conv1d_strided", "maxpool1d", "avgpool1d", "conv1d_transpose", "separable_conv1d",
          "depthwise_conv1d")
 # rank >= 3 outputs that stay in Keras' layout: ArgMax over channels leaves (N, H, W);
@@ -283,8 +281,6 @@ def test_layer_rewrite(layer_exports, name):
     assert facts["inputs_channels_first"] == ["x"]
     left = facts["remaining"]
     n, reason = NEEDED.get(name, (0, None))
-    if name in KNOWN_GAPS and left:
-        pytest.xfail(KNOWN_GAPS[name])
     assert len(left) == n, left
     if reason:
         assert all(any(reason in r for r in t["reasons"]) for t in left), left

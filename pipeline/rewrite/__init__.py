@@ -38,7 +38,11 @@ def to_channels_first(model: ir.Model, channels_first_inputs: list[str], setting
     conv1d = passes.conv1d(ctx)
     passes.cleanup(model)
     sweeps += layout.push_transposes(ctx)   # conv1d and outputs can expose more work
-    unit = passes.unit_transposes_to_reshapes(ctx)
+    pulled = layout.pull_up(ctx)
+    unit = passes.unit_transposes_to_reshapes(ctx)   # before a push could move them back down
+    if pulled:
+        sweeps += layout.push_transposes(ctx)        # merges and folds where they cancel
+        unit += passes.unit_transposes_to_reshapes(ctx)
     passes.cleanup(model)
     return {
         "inputs_channels_first": ins,
@@ -48,6 +52,7 @@ def to_channels_first(model: ir.Model, channels_first_inputs: list[str], setting
         "dense_on_features": dense,
         "conv1d": conv1d,
         "unit_transposes_as_reshapes": unit,
+        "pulled_up": pulled,
         "sweeps": sweeps,
         "remaining": layout.explain(ctx, outs, settings.channels_last_inputs, settings.channels_last_outputs),
         "barriers": {k: {"op_type": v[0], "reason": v[1]} for k, v in ctx.barriers.items()

@@ -21,7 +21,7 @@ import onnx_ir as ir
 from pipeline.errors import PipelineError
 from pipeline.rewrite import registry
 from pipeline.rewrite.context import Ctx, dims, rank
-from pipeline.rewrite.perm import compose, is_identity, to_first, to_last
+from pipeline.rewrite.perm import compose, inverse, is_identity, to_first, to_last
 from pipeline.rewrite.rules.shape import moves_only_unit_dims
 
 MAX_ROUNDS = 10_000
@@ -66,20 +66,29 @@ def inputs_to_channels_first(ctx: Ctx, names: list[str]) -> list[str]:
     return done
 
 
-def _fold_into_unsqueeze(ctx: Ctx, t: ir.Node, p) -> bool:
-    """Transpose(Unsqueeze(x, axes), p) that only moves inserted unit axes -> Unsqueeze(x, axes')."""
-    u = t.inputs[0].producer()
-    if u is None or u.op_type != "Unsqueeze" or len(t.inputs[0].uses()) != 1 or t.inputs[0].is_graph_output():
-        return False
+def _unsqueeze_fold(ctx: Ctx, v: ir.Value, p) -> list[int] | None:
+    """For Transpose(v, p), v = Unsqueeze(x, axes) that only moves inserted unit axes:
+    the axes of the equivalent Unsqueeze(x, axes'); None otherwise."""
+    u = v.producer()
+    if u is None or u.op_type != "Unsqueeze" or len(v.uses()) != 1 or v.is_graph_output():
+        return None
     axes = ctx.const(u.inputs[1]) if len(u.inputs) > 1 else None
     if axes is None:
-        return False
+        return None
     n = len(p)
     axes = {int(a) % n for a in axes.reshape(-1)}
-    inserted = [j for j in range(n) if p[j] in axes]
     others = [p[j] for j in range(n) if p[j] not in axes]
     if others != sorted(others):
+        return None
+    return [j for j in range(n) if p[j] in axes]
+
+
+def _fold_into_unsqueeze(ctx: Ctx, t: ir.Node, p) -> bool:
+    """Transpose(Unsqueeze(x, axes), p) that only moves inserted unit axes -> Unsqueeze(x, axes')."""
+    inserted = _unsqueeze_fold(ctx, t.inputs[0], p)
+    if inserted is None:
         return False
+    u = t.inputs[0].producer()
     u.replace_input_with(1, ctx.new_const(np.array(inserted, dtype=np.int64), "unsqueeze_axes"))
     y = t.outputs[0]
     u.outputs[0].shape = y.shape
@@ -148,6 +157,88 @@ def push_transposes(ctx: Ctx) -> int:
         sweeps += 1
         if sweeps > MAX_ROUNDS:
             raise PipelineError("rewrite", f"the layout pass did not reach a fixpoint in {MAX_ROUNDS} sweeps")
+
+
+_PULL_SAME = ("Relu", "Sigmoid", "Tanh", "Identity", "Cast", "Neg", "Abs", "Exp", "Tile")
+
+
+def _reshape_pull(ud, vd, p):
+    """For T(Reshape(u), p): the perm p_u with T(Reshape(u), p) == Reshape'(T(u, p_u)), or None."""
+    from pipeline.rewrite.rules.shape import reshape_blocks
+
+    blocks = reshape_blocks(ud, vd)
+    if blocks is None:
+        return None
+    inv = inverse(p)
+    placed = []
+    for a, b in blocks:
+        pos = [inv[j] for j in b]
+        if pos != list(range(pos[0], pos[0] + len(pos))):
+            return None
+        placed.append((pos[0], a))
+    return tuple(k for _, a in sorted(placed) for k in a)
+
+
+def _pull_plan(ctx: Ctx, t: ir.Node):
+    """The ops Transpose ``t`` can move up through, [(node, p_out, p_in)], when it then
+    cancels (a Transpose to the identity, a constant, an Unsqueeze, unit axes only);
+    else None."""
+    p = tuple(t.attributes["perm"].as_ints())
+    v, plan = t.inputs[0], []
+    while True:
+        src = v.producer()
+        if plan and ctx.const(v) is not None:
+            return plan
+        if src is None:
+            return None
+        if plan and src.op_type == "Transpose" and src.domain == "":
+            return plan if is_identity(compose(tuple(src.attributes["perm"].as_ints()), p)) else None
+        if plan and (_unsqueeze_fold(ctx, v, p) is not None or moves_only_unit_dims(dims(v), p)):
+            return plan   # folds into the Unsqueeze, or becomes a Reshape (unit axes only)
+        if len(v.uses()) != 1 or v.is_graph_output() or len(src.outputs) != 1:
+            return None
+        if src.op_type in _PULL_SAME and (src.op_type != "Tile" or ctx.const(src.inputs[1]) is not None):
+            p_in = p
+        elif src.op_type == "Reshape" and ctx.const(src.inputs[1]) is not None:
+            p_in = _reshape_pull(dims(src.inputs[0]), dims(v), p)
+            if p_in is None or dims(v) is None or sum(d is None for d in dims(v)) > 1:
+                return None
+        else:
+            return None
+        plan.append((src, p, p_in))
+        p, v = p_in, src.inputs[0]
+
+
+def pull_up(ctx: Ctx) -> list[str]:
+    """Move a Transpose the push left (channels-last data made from a channel-free tensor,
+    RepeatVector's ``Unsqueeze -> Tile -> Reshape``) up through the ops before it, when it
+    cancels there; the graph is not touched otherwise."""
+    done = []
+    for t in transposes(ctx.graph):
+        if t.graph is not ctx.graph:
+            continue
+        plan = _pull_plan(ctx, t)
+        if not plan:
+            continue
+        cur = t
+        for src, p_out, p_in in plan:
+            v = src.outputs[0]
+            vd = dims(v)
+            new_t = ctx.transposed(src.inputs[0], p_in, src)
+            src.replace_input_with(0, new_t)
+            if src.op_type == "Tile":
+                reps = ctx.const(src.inputs[1]).reshape(-1)
+                src.replace_input_with(1, ctx.new_const(reps[list(p_in)], "repeats"))
+            elif src.op_type == "Reshape":
+                shape = [-1 if vd[j] is None else vd[j] for j in p_out]
+                src.replace_input_with(1, ctx.new_const(np.array(shape, dtype=np.int64), "reshape_shape"))
+            if v.shape is not None:
+                v.shape = ir.Shape([v.shape[j] for j in p_out])
+            ctx.redirect(cur.outputs[0], v)
+            ctx.remove(cur)
+            cur = new_t.producer()
+        done.append(t.name)
+    return done
 
 
 def outputs_to_channels_first(ctx: Ctx) -> list[str]:
