@@ -142,12 +142,26 @@ def _step(ctx: Ctx, t: ir.Node) -> bool:
     return changed
 
 
+def _merge_duplicates(ctx: Ctx) -> bool:
+    """Transposes of the same value with the same perm (tf2onnx writes one per Conv) become one."""
+    seen, changed = {}, False
+    for t in transposes(ctx.graph):
+        key = (id(t.inputs[0]), tuple(t.attributes["perm"].as_ints()))
+        first = seen.setdefault(key, t)
+        if first is t or t.outputs[0].is_graph_output():
+            continue
+        ctx.redirect(t.outputs[0], first.outputs[0])
+        ctx.remove(t)
+        changed = True
+    return changed
+
+
 def push_transposes(ctx: Ctx) -> int:
     """Apply the rules to a fixpoint; returns the number of changing sweeps."""
     registry.load_rules()
     sweeps = 0
     while True:
-        changed = False
+        changed = _merge_duplicates(ctx)
         for node in list(ctx.graph):
             if node.graph is not ctx.graph or node.op_type != "Transpose" or node.domain != "":
                 continue

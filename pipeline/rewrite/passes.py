@@ -242,9 +242,36 @@ def conv1d(ctx: Ctx) -> list[str]:
     return changed
 
 
+def _is_dense(ctx: Ctx, m: ir.Node, v: ir.Value) -> bool:
+    w = ctx.const(m.inputs[1]) if len(m.inputs) > 1 else None
+    return (m.op_type in ("MatMul", "Gemm") and m.inputs[0] is v and w is not None and w.ndim == 2
+            and not ctx.attr(m, "transA", 0))
+
+
+def _dense_users(ctx: Ctx, v: ir.Value) -> list | None:
+    """Every user of the flat features ``v`` as (Dense node, first row of v in its weights):
+    a MatMul/Gemm on v, or on a ``Concat(axis=1)`` of v with other features of known width;
+    None if some user is anything else."""
+    out = []
+    for use in v.uses():
+        n = use.node
+        if _is_dense(ctx, n, v):
+            out.append((n, 0))
+            continue
+        if n.op_type != "Concat" or ctx.attr(n, "axis") not in (1, -1) or n.outputs[0].is_graph_output():
+            return None
+        widths = [(dims(i) or [None, None])[1] for i in n.inputs[:use.idx]]
+        cu = list(n.outputs[0].uses())
+        if None in widths or not cu or not all(_is_dense(ctx, u.node, n.outputs[0]) for u in cu):
+            return None
+        out.extend((u.node, int(sum(widths))) for u in cu)
+    return out or None
+
+
 def fold_flatten_transposes(ctx: Ctx) -> list[str]:
-    """``Transpose(x, to_last) -> Flatten -> MatMul/Gemm(W)`` with constant W: the rows of W are
-    permuted once into channels-first order and the runtime Transpose goes away."""
+    """``Transpose(x, to_last) -> Flatten -> MatMul/Gemm(W)`` with constant W (also through a
+    ``Concat`` of flat features): the rows of W are permuted once into channels-first
+    order and the runtime Transpose goes away."""
     folded = []
     for t in list(ctx.graph):
         if t.op_type != "Transpose" or t.graph is not ctx.graph:
@@ -262,19 +289,18 @@ def fold_flatten_transposes(ctx: Ctx) -> list[str]:
             f.op_type == "Reshape" and (c := ctx.const(f.inputs[1])) is not None and c.size == 2)
         if not is_flat or f.outputs[0].is_graph_output():
             continue
-        fuses = list(f.outputs[0].uses())
-        mats = [u.node for u in fuses]
-        ok = all(m.op_type in ("MatMul", "Gemm") and m.inputs[0] is f.outputs[0]
-                 and ctx.const(m.inputs[1]) is not None and ctx.const(m.inputs[1]).ndim == 2
-                 and not ctx.attr(m, "transA", 0) for m in mats)
-        if not fuses or not ok:
+        denses = _dense_users(ctx, f.outputs[0])
+        if not denses:
             continue
         k = int(np.prod(xd[1:]))
         keras_index = np.arange(k).reshape([xd[i] for i in p[1:]])          # (*S, C) order
         order = np.transpose(keras_index, inverse(tuple(i - 1 for i in p[1:]))).reshape(-1)
-        for m in mats:
+        for m, offset in denses:
             w = ctx.const(m.inputs[1])
-            w = w[:, order] if m.op_type == "Gemm" and ctx.attr(m, "transB", 0) else w[order]
+            trans_b = m.op_type == "Gemm" and ctx.attr(m, "transB", 0)
+            rows = np.arange(w.shape[1] if trans_b else w.shape[0])
+            rows[offset:offset + k] = offset + order
+            w = w[:, rows] if trans_b else w[rows]
             m.replace_input_with(1, ctx.new_const(w, f"{m.name}/kernel_channels_first"))
         f.replace_input_with(0, x)
         ctx.remove(t)
