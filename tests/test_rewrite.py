@@ -220,8 +220,11 @@ NEEDED = {
     "permute": (1, "transpose of the model's own"),
     "op_transpose_hw": (1, "transpose of the model's own"),
     "lstm_conv_features": (1, "LSTM reads (sequence, batch, features)"),
-    "time_distributed": (1, "kept in Keras' layout"),                      # time axis merged with batch
 }
+# Where the rewrite leaves more than the semantics need (expected to fail until fixed):
+# TimeDistributed(Conv1D) on (N, T, W, C) is a Conv2D with a 1 x k kernel on (N, C, T, W);
+# the rewrite keeps tf2onnx's merge of T into the batch and one Transpose at the output.
+KNOWN_GAPS = {"time_distributed": "TimeDistributed folds time into the batch: a Transpose stays at the output"}
 # repeat_vector needs none either: RepeatVector makes channels-last data from a rank-2
 # tensor (Unsqueeze -> Tile -> Reshape); the Conv1D's Transpose is pulled up through it.
 ONE_D = ("conv1d", "conv1d_strided", "maxpool1d", "avgpool1d", "conv1d_transpose", "separable_conv1d",
@@ -264,7 +267,8 @@ def test_layer_list_matches_builders(layer_exports):
     assert sorted(ALL_LAYERS) == sorted(_layer_names())
 
 
-@pytest.mark.parametrize("name", ALL_LAYERS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[n]))
+                                  if n in KNOWN_GAPS else n for n in ALL_LAYERS])
 def test_layer_rewrite(layer_exports, name):
     out, proc = layer_exports
     raw = out / name / "export" / "raw.onnx"
@@ -279,11 +283,6 @@ def test_layer_rewrite(layer_exports, name):
     for k in ref:
         assert close(ref[k], output_to_keras(facts, k, got[k])), (name, k)
     assert facts["inputs_channels_first"] == ["x"]
-    left = facts["remaining"]
-    n, reason = NEEDED.get(name, (0, None))
-    assert len(left) == n, left
-    if reason:
-        assert all(any(reason in r for r in t["reasons"]) for t in left), left
     assert not rerun(model, Settings()).modified
     if name in ONE_D:   # Conv1D/pooling come back 1-D, without the fake axis
         if name != "conv1d_transpose":   # its 'same' crop is a computed Slice/Pad on the 4-D tensor
@@ -293,9 +292,14 @@ def test_layer_rewrite(layer_exports, name):
                 w = node.inputs[1] if len(node.inputs) > 1 else None
                 assert (len(node.attributes["kernel_shape"].value) if "kernel_shape" in node.attributes
                         else len(w.shape) - 2) == 1, node.name
+    left = facts["remaining"]
+    n, reason = NEEDED.get(name, (0, None))
+    if reason:
+        assert all(any(reason in r for r in t["reasons"]) for t in left), left
     carries_channels = ref[next(iter(ref))].ndim >= 3 and name not in KERAS_LAYOUT_OUTPUTS
     if name not in NEEDED:
         assert len(facts["outputs_channels_first"]) == int(carries_channels), facts
+    assert len(left) == n, left
 
 
 # -- torch: static Flatten, torch.export and torch.compile with a dynamic batch ----------------
