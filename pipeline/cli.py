@@ -113,7 +113,8 @@ def _print_rewrite(mdir: ModelDir) -> None:
     from pipeline.artifacts import read_json
 
     f = read_json(mdir.stage("rewrite") / "rewrite.json")
-    print(f"rewrite: {f['transposes_in_raw']} Transposes in raw.onnx, {f['transposes']} left in nchw.onnx, "
+    print(f"rewrite: {f['transposes_in_raw']} Transposes in raw.onnx, "
+          f"{f['transposes_in_raw'] - f['transposes']} removed, {f['transposes']} left in nchw.onnx, "
           f"{f['transposes_torch']} in the torch graph; channels-first inputs {f['inputs_channels_first']}, "
           f"outputs {f['outputs_channels_first']}")
     for t in f["remaining"]:

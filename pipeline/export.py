@@ -216,7 +216,9 @@ def tf2onnx_convert(fn, signature, opset: int, passes=TF2ONNX_PASSES):
     from tf2onnx.convert import _convert_common, tensor_names_from_structed
 
     concrete = fn.get_concrete_function(*signature)
-    inputs = [t.name for t in concrete.inputs if t.dtype != tf.dtypes.resource]
+    # the signature's placeholders only: tensors the function captures (Keras'
+    # Normalization statistics, constants built with keras.ops) are frozen, not inputs
+    inputs = [t.name for t in concrete.inputs[:len(signature)] if t.dtype != tf.dtypes.resource]
     outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
     renames = tensor_names_from_structed(concrete, inputs, outputs)
     optimizers = OrderedDict((k, v) for k, v in tf2onnx_optimizer._get_optimizers().items() if k in passes)

@@ -28,13 +28,51 @@ def convert_onnx(path: Path, model_name: str):
     proto = onnx.load(str(path))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            return convert(proto)
+            return static_shapes(convert(proto))
     except NotImplementedError as e:
         node, op = _node_of(proto, str(e))
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         raise PipelineError("import", f"onnx2torch has no converter: {e}", model=model_name, node=node,
                             op_type=op, hint=f"register one for opset {opset} with "
                             "onnx2torch.node_converters.add_converter(operation_type=..., version=...)") from e
+
+
+def static_shapes(module):
+    """Reshape and Tile with a constant shape/repeats read them as Python ints, not from a
+    tensor at run time (onnx2torch's ``torch.any(shape == 0)`` is a data-dependent branch
+    that stops ``torch.export``/``torch.compile`` with a dynamic batch). In place."""
+    import torch
+    from onnx2torch.node_converters.reshape import OnnxReshape
+    from onnx2torch.node_converters.tile import OnnxTile
+
+    class StaticReshape(torch.nn.Module):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape = shape
+
+        def forward(self, x, _shape=None):
+            return torch.reshape(x, [x.shape[i] if d == 0 else d for i, d in enumerate(self.shape)])
+
+    class StaticTile(torch.nn.Module):
+        def __init__(self, repeats):
+            super().__init__()
+            self.repeats = repeats
+
+        def forward(self, x, _repeats=None):
+            return x.repeat(self.repeats)
+
+    graph = getattr(module, "graph", None)
+    for node in graph.nodes if graph is not None else []:
+        if node.op != "call_module" or len(node.args) != 2 or getattr(node.args[1], "op", None) != "get_attr":
+            continue
+        sub = module.get_submodule(node.target)
+        if not isinstance(sub, (OnnxReshape, OnnxTile)):
+            continue
+        value = [int(v) for v in module.get_buffer(node.args[1].target).reshape(-1).tolist()]
+        parent, _, name = node.target.rpartition(".")
+        owner = module.get_submodule(parent) if parent else module
+        setattr(owner, name, StaticReshape(value) if isinstance(sub, OnnxReshape) else StaticTile(value))
+    return module
 
 
 def _node_of(proto, message: str):

@@ -8,6 +8,7 @@ stage) and ``rewrite/rewrite.json`` (layouts, Transposes removed and left, and w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -30,42 +31,92 @@ def to_channels_first(model: ir.Model, channels_first_inputs: list[str], setting
     passes.infer_shapes(model)
     before = len(layout.transposes(model.graph))
     static = passes.static_reshapes(ctx)
+    dense = passes.collapse_tensordot(ctx)
     ins = layout.inputs_to_channels_first(ctx, channels_first_inputs)
     sweeps = layout.push_transposes(ctx)
     outs = [] if settings.channels_last_outputs else layout.outputs_to_channels_first(ctx)
     conv1d = passes.conv1d(ctx)
     passes.cleanup(model)
-    layout.push_transposes(ctx)   # conv1d can expose more work; a no-op otherwise
+    sweeps += layout.push_transposes(ctx)   # conv1d and outputs can expose more work
+    pulled = layout.pull_up(ctx)
+    unit = passes.unit_transposes_to_reshapes(ctx)   # before a push could move them back down
+    if pulled:
+        sweeps += layout.push_transposes(ctx)        # merges and folds where they cancel
+        unit += passes.unit_transposes_to_reshapes(ctx)
     passes.cleanup(model)
     return {
         "inputs_channels_first": ins,
         "outputs_channels_first": outs,
         "transposes_in_raw": before,
         "static_reshapes": static,
+        "dense_on_features": dense,
         "conv1d": conv1d,
+        "unit_transposes_as_reshapes": unit,
+        "pulled_up": pulled,
         "sweeps": sweeps,
-        "remaining": layout.explain(ctx, [], []),
+        "remaining": layout.explain(ctx, outs, settings.channels_last_inputs, settings.channels_last_outputs),
         "barriers": {k: {"op_type": v[0], "reason": v[1]} for k, v in ctx.barriers.items()
                      if any(n.name == k for n in model.graph)},
     }
 
 
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass returns (as in onnx_ir): the model, and whether the pass changed it."""
+    model: ir.Model
+    modified: bool
+
+
+def graph_signature(model: ir.Model) -> list:
+    """Nodes (op, inputs, outputs, attributes), inputs, outputs and initializers by name."""
+    g = model.graph
+    nodes = [(n.op_type, n.domain, tuple(v.name if v is not None else "" for v in n.inputs),
+              tuple(v.name for v in n.outputs), tuple(sorted((k, repr(a.value)) for k, a in n.attributes.items())))
+             for n in g]
+    return [nodes, [v.name for v in g.inputs], [v.name for v in g.outputs], sorted(g.initializers)]
+
+
+def rerun(model: ir.Model, settings: Settings) -> PassResult:
+    """The rewrite run again on a copy of its own result (inputs as they are now).
+
+    ``modified`` is False at a fixpoint: the rewrite is idempotent on ``model``."""
+    copy = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    before = graph_signature(copy)
+    to_channels_first(copy, [], settings)
+    return PassResult(copy, graph_signature(copy) != before)
+
+
 def rewrite_file(raw: Path, settings: Settings) -> tuple[ir.Model, dict]:
-    """Try channels-first inputs and keep them only where they leave fewer Transposes."""
+    """Inputs that may carry channels become channels-first, each unless keeping it
+    channels-last leaves strictly fewer Transposes (an input that feeds a Flatten
+    directly, say): ties go to channels-first."""
     probe = ir.load(raw)
     candidates = [] if settings.channels_last_inputs else layout.channel_candidates(probe.graph)
     del probe
-    trials = [candidates] + ([[]] if candidates else [])
-    best = None
-    for choice in trials:
+
+    def trial(choice):
         model = ir.load(raw)
         facts = to_channels_first(model, choice, settings)
-        n = len(facts["remaining"])
-        if best is None or n <= best[0] and not (n == best[0] and choice):
-            best = (n, model, facts)
-        else:
-            del model
+        return len(facts["remaining"]), model, facts
+
+    best = trial(candidates)
+    chosen = list(candidates)
+    for name in candidates:
+        if best[0] == 0:
+            break
+        fewer = [c for c in chosen if c != name]
+        t = trial(fewer)
+        if t[0] < best[0]:
+            best, chosen = t, fewer
     return best[1], best[2]
+
+
+def fold_for_torch(model: ir.Model, settings: Settings) -> list[str]:
+    """In place: each ``Transpose -> Flatten -> MatMul`` folded into the weights (if asked)."""
+    ctx = Ctx(model.graph, _opset(model))
+    folded = passes.fold_flatten_transposes(ctx) if settings.fold_flatten_transpose else []
+    passes.cleanup(model)
+    return folded
 
 
 def run(mdir: ModelDir, settings: Settings) -> dict:
@@ -86,9 +137,7 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
     with atomic_dir(mdir.stage("rewrite")) as d:
         onnx.save(proto, d / "nchw.onnx")
         del proto
-        ctx = Ctx(model.graph, _opset(model))
-        folded = passes.fold_flatten_transposes(ctx) if settings.fold_flatten_transpose else []
-        passes.cleanup(model)
+        folded = fold_for_torch(model, settings)
         torch_proto = ir.serde.serialize_model(model)
         onnx.save(torch_proto, d / "torch.onnx")
         facts["folded_into_dense"] = folded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,6 +11,9 @@ import onnx_ir as ir
 
 from pipeline.rewrite.perm import Perm, inverse, is_identity
 from pipeline.rewrite.registry import Fail
+
+
+_ID = re.compile(r"__k2t(\d+)")
 
 
 def dims(value: ir.Value) -> list | None:
@@ -30,6 +34,13 @@ class Ctx:
     opset: int
     barriers: dict = field(default_factory=dict)     # node name -> (op_type, reason)
     _ids: itertools.count = field(default_factory=itertools.count)
+
+    def __post_init__(self):
+        # names made by an earlier Ctx on this graph stay unique: count on from the largest
+        taken = [v.name for n in self.graph for v in n.outputs] + list(self.graph.initializers)
+        taken += [n.name for n in self.graph] + [v.name for v in self.graph.inputs]
+        ids = [int(k) for s in taken if s for k in _ID.findall(s)]
+        self._ids = itertools.count(max(ids) + 1 if ids else 0)
 
     # -- reading -------------------------------------------------------------------------
     @staticmethod

@@ -50,6 +50,70 @@ def static_reshapes(ctx: Ctx) -> list[str]:
     return changed
 
 
+def collapse_tensordot(ctx: Ctx) -> list[str]:
+    """tf2onnx's Dense on a rank-3..5 tensor, ``Reshape(x, [-1, C]) -> MatMul(W) -> Reshape``
+    back to ``(N, *S, D)``, becomes one ``MatMul(x, W)`` (ONNX MatMul broadcasts), which the
+    MatMul rule turns into a 1x1 convolution on channels-first data."""
+    changed = []
+    for mm in list(ctx.graph):
+        if mm.op_type != "MatMul" or mm.graph is not ctx.graph:
+            continue
+        r1, w = mm.inputs[0].producer(), ctx.const(mm.inputs[1])
+        uses = list(mm.outputs[0].uses())
+        if r1 is None or r1.op_type != "Reshape" or w is None or w.ndim != 2 or len(uses) != 1:
+            continue
+        r2 = uses[0].node
+        if r2.op_type != "Reshape" or len(mm.inputs[0].uses()) != 1 or mm.outputs[0].is_graph_output():
+            continue
+        x, y = r1.inputs[0], r2.outputs[0]
+        xd, yd = dims(x), dims(y)
+        if not xd or not yd or len(xd) < 3 or len(yd) != len(xd) or None in xd[1:] or None in yd[1:]:
+            continue
+        if xd[-1] != w.shape[0] or yd[1:] != [*xd[1:-1], w.shape[1]] or len(dims(r1.outputs[0]) or []) != 2:
+            continue
+        new = ir.node("MatMul", [x, mm.inputs[1]], name=mm.name)
+        ctx.graph.insert_before(r2, new)
+        new.outputs[0].type, new.outputs[0].shape = y.type, y.shape
+        ctx.redirect(y, new.outputs[0])
+        for n in (r2, mm, r1):
+            ctx.remove(n)
+        changed.append(mm.name)
+    return changed
+
+
+def unit_transposes_to_reshapes(ctx: Ctx) -> list[str]:
+    """A Transpose left after the push that only moves unit axes (``(N, 1, 1, C) ->
+    (N, C, 1, 1)``, squeeze-excite blocks) moves no data: it becomes a static Reshape,
+    merged into the Reshape before it when that is its only user."""
+    from pipeline.rewrite.rules.shape import moves_only_unit_dims
+
+    changed = []
+    for t in list(ctx.graph):
+        if t.op_type != "Transpose" or t.domain != "" or t.graph is not ctx.graph:
+            continue
+        x, y = t.inputs[0], t.outputs[0]
+        p = tuple(t.attributes["perm"].as_ints())
+        xd = dims(x)
+        if not moves_only_unit_dims(xd, p) or None in xd[1:] or (xd[0] is None and p[0] != 0):
+            continue
+        if x.is_graph_input() and y.is_graph_output():
+            continue
+        shape = ctx.new_const(np.array([-1 if xd[i] is None else xd[i] for i in p], dtype=np.int64),
+                              f"{t.name}/shape")
+        src = x.producer()
+        if src is not None and src.op_type == "Reshape" and len(x.uses()) == 1 and not x.is_graph_output():
+            x = src.inputs[0]
+        new = ir.node("Reshape", [x, shape], name=ctx.name(f"{t.name}/as_reshape"))
+        ctx.graph.insert_before(t, new)
+        new.outputs[0].type, new.outputs[0].shape = y.type, y.shape
+        ctx.redirect(y, new.outputs[0])
+        ctx.remove(t)
+        if src is not None and not src.outputs[0].uses() and not src.outputs[0].is_graph_output():
+            ctx.remove(src)
+        changed.append(t.name)
+    return changed
+
+
 _SPATIAL_1D = ("Conv", "ConvTranspose", "MaxPool", "AveragePool")
 
 
@@ -82,9 +146,89 @@ def _lift_transpose_above_unsqueeze(ctx: Ctx, node: ir.Node) -> None:
     ctx.remove(u)
 
 
+def _axes_const(ctx: Ctx, node: ir.Node) -> list | None:
+    c = ctx.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    return None if c is None else [int(a) for a in c.reshape(-1)]
+
+
+def _as_1d(ctx: Ctx, node: ir.Node) -> ir.Node | None:
+    """A 2-D Conv/ConvTranspose/pool on ``(N, C, 1, W)`` whose window does not move along
+    the unit axis (kernel, stride, dilation 1, no padding there) as the 1-D op on
+    ``Squeeze(x, [2])``, followed by ``Unsqueeze([2])``; None if it does not qualify."""
+    x, y = node.inputs[0], node.outputs[0]
+    xd, yd = dims(x), dims(y)
+    if len(node.outputs) != 1 or not xd or len(xd) != 4 or xd[2] != 1 or (yd and (len(yd) != 4 or yd[2] != 1)):
+        return None
+    a = {k: v.value for k, v in node.attributes.items()}
+    ks = a.get("kernel_shape")
+    w = ctx.const(node.inputs[1]) if node.op_type.startswith("Conv") else None
+    if node.op_type.startswith("Conv"):
+        if w is None or w.ndim != 4 or w.shape[2] != 1:
+            return None
+        ks = ks or list(w.shape[2:])
+    if not ks or len(ks) != 2 or ks[0] != 1:
+        return None
+    if any(list(a.get(k, [1, 1]))[0] != 1 for k in ("strides", "dilations")):
+        return None
+    pads = list(a.get("pads", [0, 0, 0, 0]))
+    auto_pad = a.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if pads[0] or pads[2] or auto_pad not in ("NOTSET", "VALID"):
+        return None
+    if list(a.get("output_padding", [0, 0]))[0] != 0 or ("output_shape" in a and list(a["output_shape"])[0] != 1):
+        return None
+    attrs = {}
+    for k, v in a.items():
+        if k in ("kernel_shape", "strides", "dilations", "output_padding", "output_shape"):
+            attrs[k] = list(v)[1:]
+        elif k == "pads":
+            attrs[k] = [pads[1], pads[3]]
+        else:
+            attrs[k] = v
+    sq = ir.node("Squeeze", [x, ctx.new_const(np.array([2], dtype=np.int64), "axes")], name=ctx.name(f"{node.name}/squeeze"))
+    inputs = [sq.outputs[0]]
+    if w is not None:
+        inputs.append(ctx.new_const(w[:, :, 0, :], f"{node.name}/kernel1d"))
+        inputs.extend(node.inputs[2:])
+    new = ir.node(node.op_type, inputs, attrs, name=node.name)
+    un = ir.node("Unsqueeze", [new.outputs[0], ctx.new_const(np.array([2], dtype=np.int64), "axes")],
+                 name=ctx.name(f"{node.name}/unsqueeze"))
+    for n in (sq, new, un):
+        ctx.graph.insert_before(node, n)
+    sq.outputs[0].type, sq.outputs[0].shape = x.type, ir.Shape([x.shape[0], x.shape[1], x.shape[3]])
+    new.outputs[0].type = y.type
+    if y.shape is not None:
+        new.outputs[0].shape = ir.Shape([y.shape[0], y.shape[1], y.shape[3]])
+    un.outputs[0].type, un.outputs[0].shape = y.type, y.shape
+    ctx.redirect(y, un.outputs[0])
+    ctx.remove(node)
+    return new
+
+
+def _cancel_squeezes(ctx: Ctx) -> None:
+    """``Squeeze(Unsqueeze(v, a), a) -> v`` (the unit axis between two 1-D ops)."""
+    for s in list(ctx.graph):
+        if s.op_type != "Squeeze" or s.graph is not ctx.graph:
+            continue
+        u = s.inputs[0].producer()
+        if u is None or u.op_type != "Unsqueeze" or (sa := _axes_const(ctx, s)) is None:
+            continue
+        ua = _axes_const(ctx, u)
+        r = len(dims(s.inputs[0]) or [])
+        if ua is None or not r or sorted(a % r for a in sa) != sorted(a % r for a in ua):
+            continue
+        ctx.redirect(s.outputs[0], u.inputs[0])
+        ctx.remove(s)
+        if not u.outputs[0].uses() and not u.outputs[0].is_graph_output():
+            ctx.remove(u)
+
+
 def conv1d(ctx: Ctx) -> list[str]:
-    """``Unsqueeze(x, [2]) -> Conv2D(kernel 1xk) -> Squeeze([2])`` becomes a 1-D Conv
-    (also pooling and ConvTranspose), so torch gets ``Conv1d``, not a fake extra axis."""
+    """Conv1D as tf2onnx writes it, ``Unsqueeze(x, [2]) -> Conv2D(kernel 1xk) -> ...
+    -> Squeeze([2])``, becomes 1-D ops (Conv, ConvTranspose, pooling; a separable conv's
+    two convs too), so torch gets ``Conv1d``, not a fake extra axis. Each such 2-D op
+    becomes ``Squeeze -> op1d -> Unsqueeze`` and adjacent ``Unsqueeze -> Squeeze`` pairs
+    cancel; what the 1-D op does not cover (a Slice between two convs) keeps its axis."""
     changed = []
     for node in list(ctx.graph):
         if node.op_type in _SPATIAL_1D and node.graph is ctx.graph:
@@ -92,64 +236,42 @@ def conv1d(ctx: Ctx) -> list[str]:
     for node in list(ctx.graph):
         if node.op_type not in _SPATIAL_1D or node.graph is not ctx.graph:
             continue
-        u = node.inputs[0].producer()
-        y = node.outputs[0]
-        uses = list(y.uses())
-        if u is None or u.op_type != "Unsqueeze" or len(uses) != 1 or y.is_graph_output() or len(node.outputs) != 1:
-            continue
-        s = uses[0].node
-        if s.op_type != "Squeeze":
-            continue
-        ua = ctx.const(u.inputs[1]) if len(u.inputs) > 1 else None
-        sa = ctx.const(s.inputs[1]) if len(s.inputs) > 1 else None
-        if ua is None or sa is None or list(ua.reshape(-1)) != [2] or list(sa.reshape(-1)) != [2]:
-            continue
-        a = {k: v.value for k, v in node.attributes.items()}
-        ks = a.get("kernel_shape")
-        w = ctx.const(node.inputs[1]) if node.op_type.startswith("Conv") else None
-        if node.op_type.startswith("Conv"):
-            if w is None or w.ndim != 4 or w.shape[2] != 1:
-                continue
-            ks = ks or list(w.shape[2:])
-        if not ks or len(ks) != 2 or ks[0] != 1:
-            continue
-        if any(a.get(k, [1, 1])[0] != 1 for k in ("strides", "dilations")):
-            continue
-        pads = list(a.get("pads", [0, 0, 0, 0]))
-        if pads[0] or pads[2] or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID", b"NOTSET", b"VALID"):
-            continue
-        if "output_padding" in a and list(a["output_padding"])[0] != 0:
-            continue
-        attrs = {}
-        for k, v in a.items():
-            if k in ("kernel_shape", "strides", "dilations", "output_padding"):
-                attrs[k] = list(v)[1:]
-            elif k == "pads":
-                attrs[k] = [pads[1], pads[3]]
-            elif k == "output_shape":
-                attrs[k] = list(v)[1:]
-            else:
-                attrs[k] = v
-        inputs = [u.inputs[0]]
-        if w is not None:
-            inputs.append(ctx.new_const(w[:, :, 0, :], f"{node.name}/kernel1d"))
-            inputs.extend(node.inputs[2:])
-        new = ir.node(node.op_type, inputs, attrs, name=node.name)
-        ctx.graph.insert_before(node, new)
-        out = s.outputs[0]
-        new.outputs[0].type, new.outputs[0].shape = out.type, out.shape
-        ctx.redirect(out, new.outputs[0])
-        for n in (s, node):
-            ctx.remove(n)
-        if not u.outputs[0].uses():
-            ctx.remove(u)
-        changed.append(node.name)
+        if _as_1d(ctx, node) is not None:
+            changed.append(node.name)
+    _cancel_squeezes(ctx)
     return changed
 
 
+def _is_dense(ctx: Ctx, m: ir.Node, v: ir.Value) -> bool:
+    w = ctx.const(m.inputs[1]) if len(m.inputs) > 1 else None
+    return (m.op_type in ("MatMul", "Gemm") and m.inputs[0] is v and w is not None and w.ndim == 2
+            and not ctx.attr(m, "transA", 0))
+
+
+def _dense_users(ctx: Ctx, v: ir.Value) -> list | None:
+    """Every user of the flat features ``v`` as (Dense node, first row of v in its weights):
+    a MatMul/Gemm on v, or on a ``Concat(axis=1)`` of v with other features of known width;
+    None if some user is anything else."""
+    out = []
+    for use in v.uses():
+        n = use.node
+        if _is_dense(ctx, n, v):
+            out.append((n, 0))
+            continue
+        if n.op_type != "Concat" or ctx.attr(n, "axis") not in (1, -1) or n.outputs[0].is_graph_output():
+            return None
+        widths = [(dims(i) or [None, None])[1] for i in n.inputs[:use.idx]]
+        cu = list(n.outputs[0].uses())
+        if None in widths or not cu or not all(_is_dense(ctx, u.node, n.outputs[0]) for u in cu):
+            return None
+        out.extend((u.node, int(sum(widths))) for u in cu)
+    return out or None
+
+
 def fold_flatten_transposes(ctx: Ctx) -> list[str]:
-    """``Transpose(x, to_last) -> Flatten -> MatMul(W)`` with constant W: the rows of W are
-    permuted once into channels-first order and the runtime Transpose goes away."""
+    """``Transpose(x, to_last) -> Flatten -> MatMul/Gemm(W)`` with constant W (also through a
+    ``Concat`` of flat features): the rows of W are permuted once into channels-first
+    order and the runtime Transpose goes away."""
     folded = []
     for t in list(ctx.graph):
         if t.op_type != "Transpose" or t.graph is not ctx.graph:
@@ -167,18 +289,19 @@ def fold_flatten_transposes(ctx: Ctx) -> list[str]:
             f.op_type == "Reshape" and (c := ctx.const(f.inputs[1])) is not None and c.size == 2)
         if not is_flat or f.outputs[0].is_graph_output():
             continue
-        fuses = list(f.outputs[0].uses())
-        mats = [u.node for u in fuses]
-        ok = all(m.op_type == "MatMul" and m.inputs[0] is f.outputs[0] and ctx.const(m.inputs[1]) is not None
-                 and ctx.const(m.inputs[1]).ndim == 2 for m in mats)
-        if not fuses or not ok:
+        denses = _dense_users(ctx, f.outputs[0])
+        if not denses:
             continue
         k = int(np.prod(xd[1:]))
         keras_index = np.arange(k).reshape([xd[i] for i in p[1:]])          # (*S, C) order
         order = np.transpose(keras_index, inverse(tuple(i - 1 for i in p[1:]))).reshape(-1)
-        for m in mats:
+        for m, offset in denses:
             w = ctx.const(m.inputs[1])
-            m.replace_input_with(1, ctx.new_const(w[order], f"{m.name}/kernel_channels_first"))
+            trans_b = m.op_type == "Gemm" and ctx.attr(m, "transB", 0)
+            rows = np.arange(w.shape[1] if trans_b else w.shape[0])
+            rows[offset:offset + k] = offset + order
+            w = w[:, rows] if trans_b else w[rows]
+            m.replace_input_with(1, ctx.new_const(w, f"{m.name}/kernel_channels_first"))
         f.replace_input_with(0, x)
         ctx.remove(t)
         folded.append(t.name)

@@ -63,4 +63,4 @@ def registered() -> dict[str, list[Rule]]:
 
 def load_rules() -> None:
     """Import every rule module once; each registers its rules explicitly."""
-    from pipeline.rewrite.rules import axis, elementwise, linear, reduce, shape  # noqa: F401
+    from pipeline.rewrite.rules import axis, elementwise, linear, reduce, shape, spatial  # noqa: F401

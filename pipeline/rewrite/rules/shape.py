@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from pipeline.rewrite.context import dims
-from pipeline.rewrite.perm import after_inserting, after_removing
+from pipeline.rewrite.perm import after_inserting, after_removing, inverse
 from pipeline.rewrite.registry import register
 from pipeline.rewrite.rules.common import data_perm, norm_axis
 
@@ -43,6 +43,31 @@ def squeeze(ctx, node):
     return True
 
 
+def unsqueeze_layout(p, axes: list[int]) -> tuple[list[int], tuple[int, ...]]:
+    """Unsqueeze(T(x, p), axes) == T(Unsqueeze(x, axes'), q): returns (axes', q).
+
+    Each new unit axis goes right after the axis of x it follows in the transposed
+    layout, so an axis inserted to be merged with its neighbour (UpSampling's repeat)
+    stays next to it in x too."""
+    n = len(p) + len(axes)
+    keys, prev, k = [], (-1, 0), 0
+    for j in range(n):
+        if j in axes:
+            k += 1
+            keys.append((prev[0], k))
+        else:
+            i = j - _k_before(j, axes)
+            prev = (p[i], 0)
+            keys.append(prev)
+    order = sorted(range(n), key=lambda j: keys[j])
+    q = tuple(order.index(j) for j in range(n))
+    return sorted(order.index(j) for j in axes), q
+
+
+def _k_before(j: int, axes) -> int:
+    return sum(1 for a in axes if a < j)
+
+
 @register("Unsqueeze")
 def unsqueeze(ctx, node):
     p = data_perm(ctx, node, [0])
@@ -51,9 +76,10 @@ def unsqueeze(ctx, node):
         return ctx.fail(node, why or "the transposed input is not the data input")
     n = len(p) + len(axes)
     axes = sorted(norm_axis(a, n) for a in axes)
+    new_axes, q = unsqueeze_layout(p, axes)
     ctx.bypass(node, 0)
-    _set_axes(ctx, node, axes)
-    ctx.transpose_output(node, 0, after_inserting(p, axes))
+    _set_axes(ctx, node, new_axes)
+    ctx.transpose_output(node, 0, q)
     return True
 
 
@@ -65,9 +91,60 @@ def moves_only_unit_dims(x_dims, p) -> bool:
     return order == sorted(order)
 
 
+def reshape_blocks(in_dims: list, out_dims: list) -> list[tuple[list[int], list[int]]] | None:
+    """Split a reshape into blocks ``(input axes, output axes)`` with equal sizes, each
+    block one axis -> several (a split) or several -> one (a merge) or one -> one.
+
+    Unit axes join the block before them. None when a block is many -> many or a size is
+    unknown (the batch axis may be unknown only if it maps to itself)."""
+    if not in_dims or not out_dims or None in in_dims[1:] or None in out_dims[1:]:
+        return None
+    if (in_dims[0] is None) != (out_dims[0] is None) or np.prod(in_dims[1:]) != np.prod(out_dims[1:]):
+        return None   # the batch axis is merged or split: not a per-sample reshape
+    blocks, i, j = [], 0, 0
+    while i < len(in_dims) or j < len(out_dims):
+        if i == 0 and j == 0 and (in_dims[0] is None or out_dims[0] is None):
+            if in_dims[0] is not None and out_dims[0] is not None:
+                return None
+            blocks.append(([0], [0]))
+            i, j = 1, 1
+            continue
+        if i >= len(in_dims) or j >= len(out_dims):
+            # trailing unit axes
+            if any(d != 1 for d in in_dims[i:]) or any(d != 1 for d in out_dims[j:]) or not blocks:
+                return None
+            blocks[-1][0].extend(range(i, len(in_dims)))
+            blocks[-1][1].extend(range(j, len(out_dims)))
+            break
+        if in_dims[i] is None or out_dims[j] is None:
+            return None
+        a, b = [i], [j]
+        pa, pb = in_dims[i], out_dims[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb:
+                if i >= len(in_dims) or in_dims[i] is None:
+                    return None
+                pa *= in_dims[i]
+                a.append(i)
+                i += 1
+            else:
+                if j >= len(out_dims) or out_dims[j] is None:
+                    return None
+                pb *= out_dims[j]
+                b.append(j)
+                j += 1
+        if len(a) > 1 and len(b) > 1:
+            return None
+        blocks.append((a, b))
+    return blocks
+
+
 @register("Reshape", "Flatten")
 def reshape(ctx, node):
-    """Only where the Transpose moves unit axes alone; otherwise the data order matters.
+    """Reshape(T(x, p)) == T(Reshape'(x), q) when the reshape only splits single axes and
+    merges axes that are also adjacent, in the same order, in x (GroupNormalization's
+    channel split, (N, H, W, C) -> (N, H*W, C)). Otherwise the data order matters.
 
     A Flatten/Reshape of channels-first data orders features ``c*H*W + ...`` where Keras
     has ``... + c``: the Transpose back to channels-last must stay before it.
@@ -76,13 +153,41 @@ def reshape(ctx, node):
     if p is None:
         return ctx.fail(node, "the transposed input is the shape, not the data")
     x = node.inputs[0].producer().inputs[0]
-    if not moves_only_unit_dims(dims(x), p):
-        return ctx.fail(node, f"{node.op_type} mixes channel and spatial axes: "
-                              "channels-last order must be restored before it")
-    shape = ctx.const(node.inputs[1]) if node.op_type == "Reshape" else None
-    if node.op_type == "Reshape" and (shape is None or (shape == 0).any()):
-        return ctx.fail(node, "Reshape with a dynamic shape or 0 (copy) entries")
+    if moves_only_unit_dims(dims(x), p) and (node.op_type == "Flatten" or (
+            (c := ctx.const(node.inputs[1])) is not None and not (c == 0).any())):
+        ctx.bypass(node, 0)
+        return True
+    mixes = ctx.fail(node, f"{node.op_type} mixes channel and spatial axes: "
+                           "channels-last order must be restored before it")
+    if node.op_type == "Flatten":
+        return mixes
+    shape = ctx.const(node.inputs[1])
+    if shape is None and dims(node.outputs[0]) is None:
+        return ctx.fail(node, "Reshape with a dynamic shape and unknown output shape")
+    blocks = reshape_blocks(dims(node.inputs[0]), dims(node.outputs[0]))
+    if blocks is None:
+        return mixes
+    # blocks in x's order: a merge block must cover adjacent x axes in the same order
+    src = {}
+    for a, b in blocks:
+        xa = [p[k] for k in a]
+        if xa != list(range(xa[0], xa[0] + len(xa))):
+            return mixes
+        src[xa[0]] = (a, b)
+    out_dims = dims(node.outputs[0])
+    new_shape, order = [], []
+    for k in sorted(src):
+        a, b = src[k]
+        order.extend(b)
+        new_shape.extend(-1 if out_dims[m] is None else out_dims[m] for m in b)
+    if new_shape.count(-1) > 1:
+        return ctx.fail(node, "Reshape with more than one unknown dimension")
     ctx.bypass(node, 0)
+    node.replace_input_with(1, ctx.new_const(np.array(new_shape, dtype=np.int64), "reshape_shape"))
+    if "allowzero" in node.attributes:
+        del node.attributes["allowzero"]
+    # new output axis n holds original output axis order[n]: y == T(y', q), q[m] = order.index(m)
+    ctx.transpose_output(node, 0, tuple(order.index(m) for m in range(len(order))))
     return True
 
 
@@ -118,7 +223,8 @@ def slice_(ctx, node):
         return ctx.fail(node, "no constant axes or starts")
     new_axes = [p[norm_axis(a, len(p))] for a in axes]
     ctx.bypass(node, 0)
-    axes_v = ctx.new_const(np.array(new_axes, dtype=np.int64), "slice_axes")
+    dtype = starts.dtype if starts is not None else np.int64   # Slice wants one index type
+    axes_v = ctx.new_const(np.array(new_axes, dtype=dtype), "slice_axes")
     if len(node.inputs) > 3:
         node.replace_input_with(3, axes_v)
     else:
@@ -139,11 +245,17 @@ def _permute_per_axis(values: np.ndarray, p) -> np.ndarray:
 def pad(ctx, node):
     p = data_perm(ctx, node, [0])
     pads = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else None
-    if p is None or pads is None:
-        return ctx.fail(node, "needs a transposed data input and constant pads")
     if len(node.inputs) > 3 and node.inputs[3] is not None:
         return ctx.fail(node, "Pad with explicit axes")
-    r = len(p)
+    r = len(p) if p is not None else 0
+    if p is not None and pads is None and dims(node.inputs[1]) == [2 * r]:
+        # computed pads (tf2onnx's ConvTranspose "same"): permuted by a Gather
+        _gathered(ctx, node, 1, tuple(p) + tuple(r + a for a in p))
+        ctx.bypass(node, 0)
+        ctx.transpose_output(node, 0, p)
+        return True
+    if p is None or pads is None:
+        return ctx.fail(node, "needs a transposed data input and constant or per-axis pads")
     pads = pads.reshape(-1)
     new = np.concatenate([_permute_per_axis(pads[:r], p), _permute_per_axis(pads[r:], p)])
     ctx.bypass(node, 0)
@@ -152,12 +264,32 @@ def pad(ctx, node):
     return True
 
 
+def _gathered(ctx, node, index: int, p) -> bool:
+    """Input ``index`` (a computed per-axis vector of length rank) permuted by a Gather."""
+    v = node.inputs[index]
+    d = dims(v)
+    if d is None or d != [len(p)]:
+        return False
+    g = ir.node("Gather", [v, ctx.new_const(np.array(inverse(p), dtype=np.int64), "perm")], {"axis": 0},
+                name=ctx.name(f"{node.name}/per_axis"))
+    ctx.graph.insert_before(node, g)
+    g.outputs[0].type, g.outputs[0].shape = v.type, v.shape
+    node.replace_input_with(index, g.outputs[0])
+    return True
+
+
 @register("Tile")
 def tile(ctx, node):
     p = data_perm(ctx, node, [0])
     reps = ctx.const(node.inputs[1])
-    if p is None or reps is None:
-        return ctx.fail(node, "needs a transposed data input and constant repeats")
+    if p is None:
+        return ctx.fail(node, "the transposed input is not the data input")
+    if reps is None:
+        if not _gathered(ctx, node, 1, p):
+            return ctx.fail(node, "repeats are neither constant nor a vector of known length")
+        ctx.bypass(node, 0)
+        ctx.transpose_output(node, 0, p)
+        return True
     ctx.bypass(node, 0)
     node.replace_input_with(1, ctx.new_const(_permute_per_axis(reps.reshape(-1), p), "repeats"))
     ctx.transpose_output(node, 0, p)
@@ -168,6 +300,10 @@ def tile(ctx, node):
 def expand(ctx, node):
     p = data_perm(ctx, node, [0])
     shp = ctx.const(node.inputs[1])
+    if p is not None and shp is None and _gathered(ctx, node, 1, p):
+        ctx.bypass(node, 0)
+        ctx.transpose_output(node, 0, p)
+        return True
     if p is None or shp is None or shp.size > len(p):
         return ctx.fail(node, "needs a transposed data input and a constant shape of at most its rank")
     shp = np.concatenate([np.ones(len(p) - shp.size, dtype=shp.dtype), shp.reshape(-1)])
