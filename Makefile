@@ -13,7 +13,7 @@ ARG_MODEL  := $(if $(MODEL),--model '$(MODEL)')
 ARG_CONFIG := $(if $(CONFIG),--config '$(CONFIG)')
 STAGE_ARGS  = $(ARG_MODEL) $(ARG_CONFIG) --out '$(OUT)' $(ARGS)
 
-.PHONY: venv convert export rewrite import compare test clean
+.PHONY: venv convert export rewrite import compare debug test clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ convert: $(STAMP)
 STAGE_TARGETS := export rewrite import compare
 $(STAGE_TARGETS): $(STAMP)
 	$(PY) -m pipeline $@ $(STAGE_ARGS)
+
+# per-layer comparison at every stage; ARGS=--bisect also cuts out the failing layer
+debug: $(STAMP)
+	$(PY) -m pipeline debug $(STAGE_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
