@@ -21,7 +21,8 @@ is Keras' shape, and as ``transpose(v, (0, 2, ..., r-1, 1))`` (channels-first ba
 channels-last) when that shape is. When both fit (square shapes, C == H ...), the
 layout propagated through the graph decides: model inputs are channels-first where
 ``rewrite.json`` says so, a Transpose by ``to_first``/``to_last`` sets channels-first /
-channels-last, other ops keep their first computed input's layout. When neither fits,
+channels-last (at rank 3 the two are the same perm, so it flips the layout), other ops
+keep their first computed input's layout; an unknown layout counts as channels-last. When neither fits,
 the layer fails with a shape error.
 
 Memory: onnxruntime is run with the wanted tensors as extra outputs in chunks of at most
@@ -92,14 +93,15 @@ class Match:
     nodes: tuple         # names of the layer's nodes in this graph
 
 
-def match_layers(graph, layers: list[str], cf_inputs: set[str]) -> dict[str, Match]:
-    """{layer: Match} for the layers that have nodes in ``graph`` (an ``onnx.GraphProto``)."""
+def match_layers(graph, layers: list[str], cf_inputs: set[str], folded: set[str] = frozenset()) -> dict[str, Match]:
+    """{layer: Match} for the layers that have nodes in ``graph`` (an ``onnx.GraphProto``);
+    ``folded``: Flatten nodes whose channels-last Transpose the rewrite folded into the Dense."""
     names = set(layers)
     keras3 = _is_keras3(graph)
     owner = {n.name: layer_of_node(n.name, names, keras3) for n in graph.node}
     producer = {o: n for n in graph.node for o in n.output if o}
     graph_outputs = {o.name for o in graph.output}
-    layout = _propagate_layout(graph, cf_inputs)
+    layout = _propagate_layout(graph, cf_inputs, folded)
     boundary: dict[str, str] = {}
     nodes: dict[str, list[str]] = {}
     for n in graph.node:
@@ -124,14 +126,22 @@ def _later(current: str | None, candidate: str, producer: dict, graph) -> str:
     return candidate if order[producer[candidate].name] > order[producer[current].name] else current
 
 
-def _propagate_layout(graph, cf_inputs: set[str]) -> dict[str, str]:
+def _propagate_layout(graph, cf_inputs: set[str], folded: set[str] = frozenset()) -> dict[str, str]:
     inits = {t.name for t in graph.initializer}
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
     layout = {i.name: ("cf" if i.name in cf_inputs else "cl") for i in graph.input if i.name not in inits}
     for n in graph.node:
         if n.op_type == "Transpose":
             perm = next((tuple(a.ints) for a in n.attribute if a.name == "perm"), None)
             r = len(perm) if perm else 0
-            out = "cf" if perm and r > 2 and perm == to_first(r) else "cl" if perm and r > 2 and perm == to_last(r) else "?"
+            src = layout.get(n.input[0], "?")
+            if r == 3 and perm == to_first(3):   # rank 3: to_first == to_last, the Transpose flips the layout
+                out = {"cf": "cl", "cl": "cf"}.get(src, "?")
+            else:
+                out = "cf" if r > 3 and perm == to_first(r) else "cl" if r > 3 and perm == to_last(r) else "?"
+        elif n.name in folded and all(dims.get(n.input[0], [0])[1:]):
+            # features in channels-first order on purpose: the Dense rows were permuted to match
+            out = "cfflat:" + ",".join(map(str, dims[n.input[0]][1:]))
         else:
             out = next((layout[i] for i in n.input if i in layout), "?")
         for o in n.output:
@@ -141,6 +151,12 @@ def _propagate_layout(graph, cf_inputs: set[str]) -> dict[str, str]:
 
 def to_keras_layout(value: np.ndarray, keras_shape: tuple, layout: str) -> np.ndarray | None:
     """``value`` in Keras' channels-last layout by the rule of the module docstring, or None."""
+    if layout.startswith("cfflat:"):   # Flatten of (N, C, *S) -> Flatten of (N, *S, C)
+        cf = [int(d) for d in layout[7:].split(",")]
+        if value.ndim != 2 or math.prod(cf) != value.shape[1] or tuple(value.shape) != tuple(keras_shape):
+            return None
+        v = value.reshape(value.shape[0], *cf)
+        return np.transpose(v, to_last(v.ndim)).reshape(value.shape[0], -1)
     as_is = tuple(value.shape) == tuple(keras_shape)
     back = value.ndim > 2 and tuple(value.shape[i] for i in to_last(value.ndim)) == tuple(keras_shape)
     if back and (not as_is or layout == "cf"):
@@ -150,6 +166,10 @@ def to_keras_layout(value: np.ndarray, keras_shape: tuple, layout: str) -> np.nd
 
 def to_graph_layout(keras_value: np.ndarray, layout: str) -> np.ndarray:
     """A Keras activation in the layout a graph tensor has (inverse of ``to_keras_layout``)."""
+    if layout.startswith("cfflat:"):
+        cf = [int(d) for d in layout[7:].split(",")]
+        v = keras_value.reshape(keras_value.shape[0], *cf[1:], cf[0])
+        return np.ascontiguousarray(np.transpose(v, to_first(v.ndim)).reshape(keras_value.shape[0], -1))
     if layout == "cf" and keras_value.ndim > 2:
         return np.ascontiguousarray(np.transpose(keras_value, to_first(keras_value.ndim)))
     return keras_value
@@ -277,11 +297,15 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
                 results[layer][stage] = {"tensor": tensor, "layout": match[layer].layout, **r}
         return sink
 
-    graphs = {"onnx_raw": (exp / "raw.onnx", inputs, set()), "onnx_nchw": (rw / "nchw.onnx", feeds_cf, cf_in),
-              "onnx_torch": (rw / "torch.onnx", feeds_cf, cf_in)}
-    for stage, (path, feeds, cfs) in graphs.items():
+    nchw_graph = onnx.load(str(rw / "nchw.onnx"), load_external_data=False).graph
+    folded_out = {o for n in nchw_graph.node if n.name in set(facts.get("folded_into_dense", [])) for o in n.output}
+    folded = {n.name for n in nchw_graph.node if any(i in folded_out for i in n.input)}
+    del nchw_graph
+    graphs = {"onnx_raw": (exp / "raw.onnx", inputs, set(), set()), "onnx_nchw": (rw / "nchw.onnx", feeds_cf, cf_in, set()),
+              "onnx_torch": (rw / "torch.onnx", feeds_cf, cf_in, folded)}
+    for stage, (path, feeds, cfs, fold) in graphs.items():
         graph = onnx.load(str(path), load_external_data=False).graph
-        match = {k: v for k, v in match_layers(graph, names, cfs).items()}
+        match = match_layers(graph, names, cfs, fold)
         matches[stage] = match
         del graph
         for layer, m in match.items():
