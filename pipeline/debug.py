@@ -93,9 +93,9 @@ class Match:
     nodes: tuple         # names of the layer's nodes in this graph
 
 
-def match_layers(graph, layers: list[str], cf_inputs: set[str], folded: set[str] = frozenset()) -> dict[str, Match]:
+def match_layers(graph, layers: list[str], cf_inputs: set[str], folded: bool = False) -> dict[str, Match]:
     """{layer: Match} for the layers that have nodes in ``graph`` (an ``onnx.GraphProto``);
-    ``folded``: Flatten nodes whose channels-last Transpose the rewrite folded into the Dense."""
+    ``folded``: the graph is ``torch.onnx`` of a rewrite that folded Transposes into Dense."""
     names = set(layers)
     keras3 = _is_keras3(graph)
     owner = {n.name: layer_of_node(n.name, names, keras3) for n in graph.node}
@@ -126,7 +126,7 @@ def _later(current: str | None, candidate: str, producer: dict, graph) -> str:
     return candidate if order[producer[candidate].name] > order[producer[current].name] else current
 
 
-def _propagate_layout(graph, cf_inputs: set[str], folded: set[str] = frozenset()) -> dict[str, str]:
+def _propagate_layout(graph, cf_inputs: set[str], folded: bool = False) -> dict[str, str]:
     inits = {t.name for t in graph.initializer}
     dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in graph.value_info}
     layout = {i.name: ("cf" if i.name in cf_inputs else "cl") for i in graph.input if i.name not in inits}
@@ -139,8 +139,10 @@ def _propagate_layout(graph, cf_inputs: set[str], folded: set[str] = frozenset()
                 out = {"cf": "cl", "cl": "cf"}.get(src, "?")
             else:
                 out = "cf" if r > 3 and perm == to_first(r) else "cl" if r > 3 and perm == to_last(r) else "?"
-        elif n.name in folded and all(dims.get(n.input[0], [0])[1:]):
-            # features in channels-first order on purpose: the Dense rows were permuted to match
+        elif folded and n.op_type == "Flatten" and layout.get(n.input[0]) == "cf" \
+                and len(dims.get(n.input[0], [])) > 2 and all(dims[n.input[0]][1:]):
+            # a Flatten straight on a channels-first tensor exists only where the rewrite folded
+            # the Transpose before it into the Dense rows: its features are in channels-first order
             out = "cfflat:" + ",".join(map(str, dims[n.input[0]][1:]))
         else:
             out = next((layout[i] for i in n.input if i in layout), "?")
@@ -297,11 +299,8 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
                 results[layer][stage] = {"tensor": tensor, "layout": match[layer].layout, **r}
         return sink
 
-    nchw_graph = onnx.load(str(rw / "nchw.onnx"), load_external_data=False).graph
-    folded_out = {o for n in nchw_graph.node if n.name in set(facts.get("folded_into_dense", [])) for o in n.output}
-    folded = {n.name for n in nchw_graph.node if any(i in folded_out for i in n.input)}
-    del nchw_graph
-    graphs = {"onnx_raw": (exp / "raw.onnx", inputs, set(), set()), "onnx_nchw": (rw / "nchw.onnx", feeds_cf, cf_in, set()),
+    folded = bool(facts.get("folded_into_dense"))
+    graphs = {"onnx_raw": (exp / "raw.onnx", inputs, set(), False), "onnx_nchw": (rw / "nchw.onnx", feeds_cf, cf_in, False),
               "onnx_torch": (rw / "torch.onnx", feeds_cf, cf_in, folded)}
     for stage, (path, feeds, cfs, fold) in graphs.items():
         graph = onnx.load(str(path), load_external_data=False).graph
