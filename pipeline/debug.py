@@ -223,7 +223,7 @@ def onnx_tensors(path: Path, feeds: dict, tensors: list[str], sizes: dict, chunk
 def torch_tensors(module, feeds: list, tensors: dict, sink) -> None:
     """Run an onnx2torch GraphModule under an ``fx.Interpreter`` and call ``sink(tensor,
     value)`` as each wanted value is produced (nothing is kept); ``tensors`` maps ONNX
-    tensor -> (ONNX node name, output index), onnx2torch's fx targets being the node names."""
+    tensor -> (onnx2torch module name, output index), those names being the fx targets."""
     import torch
 
     by_node: dict[str, list] = {}
@@ -319,8 +319,11 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
     match = matches["onnx_torch"]
     try:
         module = torch_module if torch_module is not None else _torch_module(mdir, model_name)
-        graph = onnx.load(str(rw / "torch.onnx"), load_external_data=False).graph
-        where = {o: (n.name, i) for n in graph.node for i, o in enumerate(n.output)}
+        from onnx2torch.onnx_graph import OnnxGraph
+
+        # onnx2torch's own module names ('.' -> '/', duplicates numbered): the fx targets
+        graph = OnnxGraph(onnx.load(str(rw / "torch.onnx"), load_external_data=False).graph)
+        where = {o: (name, i) for name, n in graph.nodes.items() for i, o in enumerate(n.output_values)}
         wanted = {m.tensor: where[m.tensor] for m in match.values() if m.tensor in where}
         torch_tensors(module, [feeds_cf[n] for n in in_names], wanted, sink_for("torch", match))
     except PipelineError:
@@ -332,6 +335,9 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
     for e in entries:
         rows.append({"layer": e["name"], "class": e["class"], "shape": e["shape"],
                      "stages": {s: results[e["name"]].get(s) for s in STAGES}})
+    warnings = [f"stage {s}: no Keras layer matched a value (node names lost?); its column is empty"
+                for s in STAGES if s not in stage_errors and not any(r["stages"][s] for r in rows)
+                and any(r["stages"][t] for r in rows for t in STAGES)]
     first = {s: next((r["layer"] for r in rows if r["stages"][s] and not r["stages"][s]["ok"]), None) for s in STAGES}
     verdict = _verdict(first, stage_errors)
     summary = {
@@ -341,6 +347,7 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
         "first_failing": first,
         "verdict": verdict,
         "stage_errors": stage_errors,
+        "warnings": warnings,
         "layers": rows,
         "skipped": [{"layer": e["name"], "reason": e["skipped"]} for e in read_json(exp / "layers.json")["layers"]
                     if "skipped" in e and e["skipped"] != "input"],
@@ -448,6 +455,9 @@ def table(summary: dict) -> str:
                      + (f" ({v['error']})" if v.get("error") else ""))
     for s, e in summary["stage_errors"].items():
         lines.append(f"stage {s}: {e}")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
+    lines.append("(-: the graph has no tensor for that layer, e.g. a Conv2D that tf2onnx fused with the next "
+                 "BatchNormalization; << first layer out of tolerance in that stage; ! out of tolerance)")
     return "\n".join(lines)
 
 
@@ -559,9 +569,12 @@ tr.first-fail {{ background: #ffb3b3; outline: 3px solid #d00; }}
 <p>Tolerance per layer: max |converted &minus; Keras| &le; {tol['rtol']:g} &middot; max|Keras activation| + {tol['atol']:g}.
 Relative error = max abs error / max|Keras activation|.</p>
 <ul>First layer out of tolerance per stage: {firsts}</ul>
+{"".join(f'<p class="warning">warning: {esc(w)}</p>' for w in summary.get("warnings", []))}
 <h2>Relative error per layer (log scale)</h2>
 {_plot(summary)}
 <h2>Layers</h2>
+<p>&ndash;: the graph has no tensor for that layer (e.g. a Conv2D that tf2onnx fused with the next
+BatchNormalization). Hover a cell for the tensor compared, its layout and the tolerance.</p>
 <table id="layers"><thead><tr><th>layer</th><th>kind</th><th>shape</th>{head}</tr></thead>
 <tbody>
 {chr(10).join(body)}
