@@ -265,7 +265,11 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
     import onnx
 
     clock = StageClock()
-    exp = mdir.require("export", "raw.onnx", "reference.npz", "meta.json", "layers.npz", "layers.json")
+    exp = mdir.require("export", "raw.onnx", "reference.npz", "meta.json")
+    if not (exp / "layers.npz").exists() or not (exp / "layers.json").exists():
+        raise PipelineError("debug", f"{exp / 'layers.npz'} is missing: the Keras layers' outputs were not recorded",
+                            model=mdir.root.name, hint="python -m pipeline export --layers-only --model ... "
+                            "(or make debug MODEL=..., which records them)")
     rw = mdir.require("rewrite", "nchw.onnx", "torch.onnx", "rewrite.json")
     meta = read_json(exp / "meta.json")
     model_name = meta["model"]

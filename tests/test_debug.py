@@ -71,6 +71,39 @@ def clean(tmp_path_factory) -> Path:
     return out
 
 
+def test_onnx_intermediates_in_bounded_chunks(clean, monkeypatch):
+    """A small chunk budget runs the graph once per chunk and gives the same values."""
+    from pipeline.layouts import inputs_for, load_reference
+
+    d = clean / NAME
+    ins, _ = load_reference(d / "export" / "reference.npz")
+    feeds = inputs_for(json.loads((d / "rewrite" / "rewrite.json").read_text()), ins)
+    graph = onnx.load(str(_nchw(clean))).graph
+    tensors = [n.output[0] for n in graph.node]
+    whole = dict(debug.onnx_tensors(_nchw(clean), feeds, tensors, {}))
+    sessions = []
+    real = debug._session
+    monkeypatch.setattr(debug, "_session", lambda proto, names: sessions.append(len(names)) or real(proto, names))
+    sizes = {t: v.nbytes for t, v in whole.items()}
+    budget = 2 * max(sizes.values())
+    chunked = dict(debug.onnx_tensors(_nchw(clean), feeds, tensors, sizes, chunk_mb=budget / 2**20))
+    assert len(sessions) > 1 and sum(sessions) == len(tensors)
+    for t in tensors:
+        np.testing.assert_array_equal(chunked[t], whole[t])
+
+
+def test_compare_per_layer_and_missing_layer_outputs(clean, tmp_path):
+    proc = cli("compare", "--per-layer", "--model", MODEL, "--out", clean)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "every layer within tolerance" in proc.stdout
+    assert layers_json(clean)["status"] == "ok"
+    shutil.copytree(clean / NAME, tmp_path / NAME)
+    (tmp_path / NAME / "export" / "layers.npz").unlink()
+    proc = cli("compare", "--per-layer", "--model", MODEL, "--out", tmp_path)
+    assert proc.returncode == 2 and "layers.npz is missing" in proc.stderr and "--layers-only" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def layers_json(out: Path) -> dict:
     return json.loads((out / NAME / "compare" / "layers.json").read_text())
 
