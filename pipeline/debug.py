@@ -12,9 +12,13 @@ that layer's output in each graph and compares it with Keras' activation:
 Matching by name: tf2onnx names nodes after the Keras name scope
 (``functional_1/conv_1/BiasAdd`` for layer ``conv``; Keras 3 adds ``_N`` to each scope,
 tf.keras does not), and the rewrite keeps those names (new nodes are ``<old>__k2tN``).
-A node belongs to the first path component, after the model's own scope, that names a
-top-level layer. A layer's tensor in a graph is the last (in graph order) output of its
-nodes that a node of another layer, or the graph output, reads.
+A name belongs to the first path component, after the model's own scope, that names a
+top-level layer; a node belongs to the layer of its first output's name, else of its own
+name (tf2onnx fuses a BatchNormalization into the Conv before it: node ``conv/BiasAdd``,
+output ``bn/FusedBatchNormV3:0``; that Conv2D layer then has no tensor of its own).
+A layer's tensor in a graph is the last (in graph order) output of its nodes that a node
+of another layer, or the graph output, reads; a Transpose of another layer's (or the
+model's) tensor is layout plumbing for the next op, not a layer's output.
 
 Layout rule, per tensor: the converted value ``v`` is compared as it is when its shape
 is Keras' shape, and as ``transpose(v, (0, 2, ..., r-1, 1))`` (channels-first back to
@@ -98,7 +102,10 @@ def match_layers(graph, layers: list[str], cf_inputs: set[str], folded: bool = F
     ``folded``: the graph is ``torch.onnx`` of a rewrite that folded Transposes into Dense."""
     names = set(layers)
     keras3 = _is_keras3(graph)
-    owner = {n.name: layer_of_node(n.name, names, keras3) for n in graph.node}
+    # a node belongs to the layer its first output's name says (tf2onnx names a Conv with a fused
+    # BatchNormalization after the conv, its output after the BN), else to the layer of its own name
+    owner = {n.name: (layer_of_node(n.output[0], names, keras3) if n.output else None)
+             or layer_of_node(n.name, names, keras3) for n in graph.node}
     producer = {o: n for n in graph.node for o in n.output if o}
     graph_outputs = {o.name for o in graph.output}
     layout = _propagate_layout(graph, cf_inputs, folded)
@@ -107,14 +114,22 @@ def match_layers(graph, layers: list[str], cf_inputs: set[str], folded: bool = F
     for n in graph.node:
         if owner[n.name]:
             nodes.setdefault(owner[n.name], []).append(n.name)
+    def plumbing(p) -> bool:
+        if p.op_type != "Transpose" or not p.input:
+            return False
+        perm = next((tuple(a.ints) for a in p.attribute if a.name == "perm"), ())
+        src = producer.get(p.input[0])
+        return len(perm) > 2 and perm in (to_first(len(perm)), to_last(len(perm))) and \
+            (src is None or owner[src.name] != owner[p.name])
+
     for n in graph.node:   # graph order is topological: the last boundary output wins
         for i in n.input:
             p = producer.get(i)
-            if p is not None and owner[p.name] and owner[p.name] != owner[n.name]:
+            if p is not None and owner[p.name] and owner[p.name] != owner[n.name] and not plumbing(p):
                 boundary[owner[p.name]] = _later(boundary.get(owner[p.name]), i, producer, graph)
     for o in graph_outputs:
         p = producer.get(o)
-        if p is not None and owner[p.name]:
+        if p is not None and owner[p.name] and not plumbing(p):
             boundary[owner[p.name]] = _later(boundary.get(owner[p.name]), o, producer, graph)
     return {k: Match(v, layout.get(v, "?"), tuple(nodes[k])) for k, v in boundary.items()}
 
@@ -139,10 +154,11 @@ def _propagate_layout(graph, cf_inputs: set[str], folded: bool = False) -> dict[
                 out = {"cf": "cl", "cl": "cf"}.get(src, "?")
             else:
                 out = "cf" if r > 3 and perm == to_first(r) else "cl" if r > 3 and perm == to_last(r) else "?"
-        elif folded and n.op_type == "Flatten" and layout.get(n.input[0]) == "cf" \
+        elif folded and (n.op_type == "Flatten" or n.op_type == "Reshape" and len(dims.get(n.output[0], [])) == 2) \
+                and layout.get(n.input[0]) == "cf" \
                 and len(dims.get(n.input[0], [])) > 2 and all(dims[n.input[0]][1:]):
-            # a Flatten straight on a channels-first tensor exists only where the rewrite folded
-            # the Transpose before it into the Dense rows: its features are in channels-first order
+            # a Flatten (or Reshape to 2-D) straight on a channels-first tensor exists only where the
+            # rewrite folded the Transpose before it into the Dense rows: features in channels-first order
             out = "cfflat:" + ",".join(map(str, dims[n.input[0]][1:]))
         else:
             out = next((layout[i] for i in n.input if i in layout), "?")
@@ -180,19 +196,24 @@ def to_graph_layout(keras_value: np.ndarray, layout: str) -> np.ndarray:
 # ---------------------------------------------------------------- running the graphs
 
 def _session(proto, names: list[str]):
+    """An onnxruntime session with ``names`` as extra outputs; ``proto`` is left as it was
+    (outputs appended, serialised, removed: no second copy of the weights)."""
     import onnx
     import onnxruntime as ort
 
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    have = {o.name for o in model.graph.output}
-    for t in names:
-        if t not in have:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+    outputs = proto.graph.output
+    n0 = len(outputs)
+    have = {o.name for o in outputs}
+    outputs.extend(onnx.helper.make_empty_tensor_value_info(t) for t in dict.fromkeys(names) if t not in have)
+    try:
+        data = proto.SerializeToString()
+    finally:
+        while len(outputs) > n0:
+            outputs.pop()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # keep every tensor
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
 def onnx_tensors(path: Path, feeds: dict, tensors: list[str], sizes: dict, chunk_mb: float = CHUNK_MB):

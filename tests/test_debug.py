@@ -123,6 +123,20 @@ def test_matching_model_every_layer_within_tolerance(clean):
     assert (clean / NAME / "compare" / "report.html").is_file()
 
 
+def test_tf_keras_h5_with_batchnorm_fused_into_conv(model_files, tmp_path):
+    """tf.keras scopes have no ``_N`` suffix, and tf2onnx fuses the BatchNormalization into
+    the Conv before it: the Conv2D layer has no tensor of its own, the BN layer has the Conv's."""
+    proc = cli("debug", "--model", model_files / "tf_keras_conv2d.h5", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "tf_keras_conv2d" / "compare" / "layers.json").read_text())
+    rows = {r["layer"]: r["stages"] for r in summary["layers"]}
+    assert all(c is None for c in rows["conv"].values())
+    assert rows["bn"]["onnx_nchw"]["tensor"] == "model/bn/FusedBatchNormV3:0"
+    for layer in ("bn", "relu", "pool", "conv2", "flatten", "dense"):
+        for stage, c in rows[layer].items():
+            assert c is not None and c["max_abs_err"] <= RTOL * c["scale"] + ATOL, (layer, stage, c)
+
+
 def _nchw(d: Path) -> Path:
     return d / NAME / "rewrite" / "nchw.onnx"
 
@@ -264,3 +278,25 @@ def test_html_report_renders_in_headless_chromium(clean, tmp_path, chromium):
     dom = browse(chromium, clean / NAME / "compare" / "report.html", tmp_path, "--dump-dom").stdout
     assert 'id="error-plot"' in dom and 'id="first-fail"' not in dom
     assert "Every layer is within tolerance at every stage" in dom
+
+
+def test_match_layers_on_a_sequential_style_graph():
+    """Keras 3 Sequential scopes: layer ``conv2d`` is ``conv2d_1``, layer ``conv2d_1`` is
+    ``conv2d_1_1``; a layer's tensor is its last output read by another layer."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="seq_1/conv2d_1/BiasAdd"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="seq_1/conv2d_1/Relu"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="seq_1/conv2d_1_1/BiasAdd"),
+        helper.make_node("Transpose", ["c2"], ["t2"], name="seq_1/conv2d_1_1/BiasAdd__k2t3", perm=[0, 2, 3, 1]),
+        helper.make_node("Flatten", ["t2"], ["f"], name="seq_1/flatten_1/Reshape", axis=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("f", TensorProto.FLOAT, [1, None])],
+                              [numpy_helper.from_array(np.zeros((4, 3, 3, 3), np.float32), "w1"),
+                               numpy_helper.from_array(np.zeros((4, 4, 3, 3), np.float32), "w2")])
+    m = debug.match_layers(graph, ["conv2d", "conv2d_1", "flatten", "dense"], cf_inputs={"x"})
+    assert {k: (v.tensor, v.layout) for k, v in m.items()} == {
+        "conv2d": ("r1", "cf"), "conv2d_1": ("t2", "cl"), "flatten": ("f", "cl")}
+    assert m["conv2d_1"].nodes == ("seq_1/conv2d_1_1/BiasAdd", "seq_1/conv2d_1_1/BiasAdd__k2t3")
