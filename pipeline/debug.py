@@ -492,8 +492,8 @@ COLOURS = {"onnx_raw": "#1f77b4", "onnx_nchw": "#d62728", "onnx_torch": "#ff7f0e
 def _plot(summary: dict) -> str:
     """An inline SVG: log10 relative error per layer, one line per stage, rtol dashed."""
     rows = summary["layers"]
-    w, h, left, top, bottom = 900, 320, 60, 20, 90
     n = max(len(rows), 2)
+    w, h, left, top, bottom = max(900, 80 + 11 * n), 320, 60, 20, 90   # 11 px per layer label
     lo, hi = -12, 2
 
     def x(i):
@@ -596,7 +596,7 @@ Relative error = max abs error / max|Keras activation|.</p>
 <ul>First layer out of tolerance per stage: {firsts}</ul>
 {"".join(f'<p class="warning">warning: {esc(w)}</p>' for w in summary.get("warnings", []))}
 <h2>Relative error per layer (log scale)</h2>
-{_plot(summary)}
+<div style="overflow-x: auto">{_plot(summary)}</div>
 <h2>Layers</h2>
 <p>&ndash;: the graph has no tensor for that layer (e.g. a Conv2D that tf2onnx fused with the next
 BatchNormalization). Hover a cell for the tensor compared, its layout and the tolerance.</p>
