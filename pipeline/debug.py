@@ -380,7 +380,10 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
     out = mdir.stage("compare")
     out.mkdir(parents=True, exist_ok=True)
     if bisect and verdict is not None:
-        summary["bisect"] = write_bisect(mdir, summary, matches, keras_npz, feeds_cf, settings)
+        try:
+            summary["bisect"] = write_bisect(mdir, summary, matches, keras_npz, feeds_cf, settings)
+        except Exception as e:  # onnx.utils/onnxruntime errors on an odd cut: report, keep the rest
+            summary["bisect"] = {"skipped": f"could not cut the failing layer out: {type(e).__name__}: {e}"}
     keras_npz.close()
     summary["stage"] = {"stage": "debug", **clock.record()}
     write_json(out / "layers.json", summary)
