@@ -187,8 +187,10 @@ def _debug(args, argv: list[str]) -> int:
         print(f"== {spec.name}: recording Keras layer outputs", flush=True)
         if _run_stage_process("export", stage_argv + ["--layers-only"]) != 0:
             return 2
-    summary = compare.run(mdir, settings)
-    print(compare.table(summary))
+    try:
+        print(compare.table(compare.run(mdir, settings)))
+    except PipelineError as e:   # a graph that cannot run at all: the per-layer run says where
+        print(f"error: {e}", file=sys.stderr)
     rep = report.write(mdir, settings)
     layers = debug.run(mdir, settings, bisect=args.bisect)
     print(debug.table(layers))
