@@ -305,6 +305,7 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
     keras_npz = np.load(exp / "layers.npz", allow_pickle=False)
     results: dict[str, dict] = {n: {} for n in names}
     stage_errors: dict[str, str] = {}
+    error_layers: dict[str, str | None] = {}
     matches: dict[str, dict] = {}
 
     def sink_for(stage: str, match: dict):
@@ -341,6 +342,7 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
                 sink(t, v)
         except Exception as e:  # onnxruntime's own errors (shape inference, kernels): the stage cannot run
             stage_errors[stage] = f"onnxruntime cannot run {path.name}: {type(e).__name__}: {str(e).splitlines()[0]}"
+            error_layers[stage] = _layer_in_message(path, str(e), names)
     match = matches["onnx_torch"]
     try:
         module = torch_module if torch_module is not None else _torch_module(mdir, model_name)
@@ -364,7 +366,7 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
                 for s in STAGES if s not in stage_errors and not any(r["stages"][s] for r in rows)
                 and any(r["stages"][t] for r in rows for t in STAGES)]
     first = {s: next((r["layer"] for r in rows if r["stages"][s] and not r["stages"][s]["ok"]), None) for s in STAGES}
-    verdict = _verdict(first, stage_errors)
+    verdict = _verdict(first, stage_errors, error_layers)
     summary = {
         "model": model_name,
         "status": "ok" if verdict is None else "mismatch",
@@ -393,11 +395,24 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None, bisect: bool = Fa
     return summary
 
 
-def _verdict(first: dict, stage_errors: dict) -> dict | None:
+def _verdict(first: dict, stage_errors: dict, error_layers: dict) -> dict | None:
     for s in STAGES:
         if first[s] is not None or s in stage_errors:
             step, why = BLAME[s]
-            return {"stage": s, "step": step, "layer": first[s], "why": why, "error": stage_errors.get(s)}
+            return {"stage": s, "step": step, "layer": first[s] or error_layers.get(s), "why": why,
+                    "error": stage_errors.get(s)}
+    return None
+
+
+def _layer_in_message(path: Path, message: str, layers: list[str]) -> str | None:
+    """The layer of the node that an onnxruntime error message names, if it names one."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    keras3 = _is_keras3(graph)
+    for n in sorted(graph.node, key=lambda n: -len(n.name)):
+        if n.name and n.name in message:
+            return layer_of_node(n.name, set(layers), keras3)
     return None
 
 

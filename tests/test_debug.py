@@ -180,6 +180,15 @@ def perturb_raw_conv_a(d: Path):
     onnx.save(m, str(path))
 
 
+def break_dense_weight_shape(d: Path):
+    """nchw.onnx no longer runs: onnxruntime refuses the MatMul (its error names the node)."""
+    m = onnx.load(str(_nchw(d)))
+    mm = next(n for n in m.graph.node if n.op_type == "MatMul")
+    init = next(t for t in m.graph.initializer if t.name == mm.input[1])
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:-1], init.name))
+    onnx.save(m, str(_nchw(d)))
+
+
 # fault: (inject, layer named, stage, step blamed, stages that must stay clean: they do not read the file)
 FAULTS = {
     "rewrite-concat-axis": (flip_concat_axis, "concat", "onnx_nchw", "rewrite", ("onnx_raw", "onnx_torch", "torch")),
@@ -187,6 +196,8 @@ FAULTS = {
                                             ("onnx_raw", "onnx_torch", "torch")),
     "rewrite-torch-onnx-concat-axis": (lambda d: flip_concat_axis(d, "torch.onnx"), "concat", "onnx_torch", "rewrite",
                                        ("onnx_raw", "onnx_nchw")),
+    "rewrite-graph-does-not-run": (break_dense_weight_shape, "dense", "onnx_nchw", "rewrite",
+                                   ("onnx_raw", "onnx_torch", "torch")),
     "import-conv-weights": (perturb_torch_conv_b, "conv_b", "torch", "import", ("onnx_raw", "onnx_nchw", "onnx_torch")),
     "export-conv-weights": (perturb_raw_conv_a, "conv_a", "onnx_raw", "export", ("onnx_nchw", "onnx_torch", "torch")),
 }
@@ -203,6 +214,9 @@ def test_injected_fault_is_named_at_its_layer_and_step(clean, tmp_path, fault):
     v = summary["verdict"]
     assert (v["layer"], v["stage"], v["step"]) == (layer, stage, step), v
     assert f"first wrong: layer {layer!r} at stage {stage} -> step '{step}'" in proc.stdout
+    if fault == "rewrite-graph-does-not-run":
+        assert "onnxruntime cannot run nchw.onnx" in summary["stage_errors"]["onnx_nchw"]
+        return
     # the stages that do not read the broken file are still within tolerance layer by layer
     for other in untouched:
         assert summary["first_failing"][other] is None, (other, summary["first_failing"])
