@@ -13,7 +13,7 @@ ARG_MODEL  := $(if $(MODEL),--model '$(MODEL)')
 ARG_CONFIG := $(if $(CONFIG),--config '$(CONFIG)')
 STAGE_ARGS  = $(ARG_MODEL) $(ARG_CONFIG) --out '$(OUT)' $(ARGS)
 
-.PHONY: venv convert export rewrite import compare zoo test clean
+.PHONY: venv convert export rewrite import compare zoo debug test clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,9 @@ ZOO_OUT  := $(if $(filter command line environment,$(origin OUT)),$(OUT),artifac
 ZOO_CONF := $(or $(CONFIG),configs/zoo.toml)
 zoo: $(STAMP)
 	$(PY) -m pipeline zoo --config '$(ZOO_CONF)' --out '$(ZOO_OUT)' $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
+# per-layer comparison at every stage; ARGS=--bisect also cuts out the failing layer
+debug: $(STAMP)
+	$(PY) -m pipeline debug $(STAGE_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)

@@ -58,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     zoo.add_argument("--retry-failed", action="store_true", help="redo up-to-date models that failed")
     zoo.add_argument("--only", help="comma-separated model names to run (the others are left as they are)")
     zoo.add_argument("--no-progress", action="store_true", help="one line per model event, no progress bar")
+        sp = sub.add_parser(s, parents=[common], help=f"the {s} stage alone, on the previous stage's files")
+        if s in ("export", "compare"):
+            sp.add_argument("--per-layer", action="store_true",
+                            help="also record (export) / compare (compare) every Keras layer's output")
+        if s == "export":
+            sp.add_argument("--layers-only", action="store_true",
+                            help="only record the layers' outputs for an existing export (for debug)")
+    dbg = sub.add_parser("debug", parents=[common], help="per-layer comparison at every stage: the first layer "
+                         "that goes wrong, and the step that broke it (runs missing stages first)")
+    dbg.add_argument("--bisect", action="store_true",
+                     help="cut the first failing layer out of the rewritten ONNX model, with its inputs, for a bug report")
     return p
 
 
@@ -84,7 +95,11 @@ def _stage(command: str, args) -> int:
     if command == "export":
         from pipeline import export
 
-        rec = export.run(spec, settings, args.out)
+        if args.layers_only:
+            rec = export.record_layers(spec, settings, args.out)
+            print(f"{spec.name}: layer outputs recorded in {rec['seconds']:.1f} s, peak RSS {rec['peak_rss_mb']:.0f} MB")
+            return 0
+        rec = export.run(spec, settings, args.out, per_layer=args.per_layer)
     elif command == "rewrite":
         from pipeline import rewrite
 
@@ -103,6 +118,13 @@ def _stage(command: str, args) -> int:
             print(f"warning: {w}")
         rep = report.write(mdir, settings)
         print(f"{spec.name}: {rep['status']}  (report: {mdir.report})")
+        if args.per_layer:
+            from pipeline import debug
+
+            layers = debug.run(mdir, settings)
+            print(debug.table(layers))
+            print(f"per-layer report: {mdir.stage('compare') / 'report.html'}")
+            return 0 if rep["status"] == "ok" and layers["status"] == "ok" else 1
         return 0 if rep["status"] == "ok" else 1
     print(f"{spec.name}: {command} done in {rec['seconds']:.1f} s, peak RSS {rec['peak_rss_mb']:.0f} MB")
     report.write(mdir, settings)
@@ -156,6 +178,47 @@ def _convert(args, argv: list[str]) -> int:
     return 0 if rep["status"] == "ok" else 1
 
 
+def _debug(args, argv: list[str]) -> int:
+    """Run the stages that are missing (export with --per-layer), then ``debug.run``."""
+    from pipeline import compare, debug, report
+
+    settings = _settings(args)
+    if not settings.model:
+        raise PipelineError("config", "no model given", hint="MODEL=... or model = ... in the config")
+    spec = resolve(settings.model, settings.name)
+    mdir = ModelDir.of(args.out, spec.name)
+    stage_argv = [a for a in argv if a != "--bisect"]
+    needed = {"export": "raw.onnx", "rewrite": "torch.onnx", "import": "import.json"}
+    missing = False
+    for stage, f in needed.items():
+        missing = missing or not (mdir.stage(stage) / f).exists()
+        if missing:
+            print(f"== {spec.name}: {stage}", flush=True)
+            rc = _run_stage_process(stage, stage_argv + (["--per-layer"] if stage == "export" else []))
+            if rc != 0:
+                print(f"{spec.name}: failed at {stage}  (report: {mdir.report})", file=sys.stderr)
+                return 2
+    if not (mdir.stage("export") / "layers.npz").exists():
+        print(f"== {spec.name}: recording Keras layer outputs", flush=True)
+        if _run_stage_process("export", stage_argv + ["--layers-only"]) != 0:
+            return 2
+    try:
+        print(compare.table(compare.run(mdir, settings)))
+    except PipelineError as e:   # a graph that cannot run at all: the per-layer run says where
+        print(f"error: {e}", file=sys.stderr)
+    rep = report.write(mdir, settings)
+    layers = debug.run(mdir, settings, bisect=args.bisect)
+    print(debug.table(layers))
+    b = layers.get("bisect")
+    if b and "model" in b:
+        print(f"bisect: layer {b['layer']!r} ({b['stage']}) cut to {b['model']} with inputs and expected output in "
+              f"{b['data']}; {'reproduces the error' if b['reproduces'] else 'does NOT reproduce the error alone'}")
+    elif b:
+        print(f"bisect: {b['skipped']}")
+    print(f"{spec.name}: {layers['status']}  (per-layer report: {mdir.stage('compare') / 'report.html'})")
+    return 0 if rep["status"] == "ok" and layers["status"] == "ok" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -166,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline import zoo
 
             return zoo.main(args)
+        if args.command == "debug":
+            return _debug(args, argv[1:])
         return _stage(args.command, args)
     except PipelineError as e:
         _record_error(args, e.info.to_json() | {"model": e.info.model or _model_name(args)})

@@ -230,8 +230,9 @@ def tf2onnx_convert(fn, signature, opset: int, passes=TF2ONNX_PASSES):
     return proto
 
 
-def run(spec: ModelSpec, settings: Settings, out: Path) -> dict:
-    """Run the export stage; returns its stage record."""
+def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False) -> dict:
+    """Run the export stage; returns its stage record. ``per_layer`` also writes
+    ``layers.npz``/``layers.json`` (each Keras layer's output, for ``debug``)."""
     _quiet_tf()
     clock = StageClock()
     import keras
@@ -300,8 +301,83 @@ def run(spec: ModelSpec, settings: Settings, out: Path) -> dict:
         record = {"stage": "export", **clock.record()}
         meta["stage"] = record
         write_json(d / "meta.json", meta)
+        if per_layer and not isinstance(model, _SavedModelSignature):
+            _write_layers(model, d, [feeds[n] for n, _, _ in specs], spec.name, clock)
     return record
 
 
 def _layers(model) -> list[dict]:
     return [{"name": l.name, "class": type(l).__name__} for l in getattr(model, "layers", [])]
+
+
+def layer_outputs(model, feeds: list) -> tuple[dict, list[dict]]:
+    """Each top-level Keras layer's output on ``feeds`` ({name: array}) and one entry per layer.
+
+    InputLayers are skipped; a layer with several outputs gives its first; a layer used at
+    several places in the graph (shared) has no single output and is listed as skipped.
+    """
+    if isinstance(model, _SavedModelSignature) or not getattr(model, "layers", None):
+        return {}, []
+    if type(model).__module__.startswith("tf_keras"):
+        import tf_keras as kmod
+    else:
+        import keras as kmod
+    picked, entries = [], []
+    for layer in model.layers:
+        entry = {"name": layer.name, "class": type(layer).__name__}
+        entries.append(entry)
+        if entry["class"] == "InputLayer":
+            entry["skipped"] = "input"
+            continue
+        try:
+            out = layer.output
+        except (AttributeError, ValueError, RuntimeError) as e:  # shared or never-called layers
+            entry["skipped"] = f"no single output: {e}"
+            continue
+        while isinstance(out, (list, tuple, dict)):
+            out = list(out.values())[0] if isinstance(out, dict) else out[0]
+        picked.append((entry, out))
+    if not picked:
+        return {}, entries
+    probe = kmod.Model(model.inputs, [o for _, o in picked])
+    res = probe(list(feeds), training=False)
+    res = res if isinstance(res, (list, tuple)) else [res]
+    values = {}
+    for (entry, _), v in zip(picked, res):
+        v = np.asarray(v)
+        values[entry["name"]] = v
+        entry["shape"], entry["dtype"] = list(v.shape), str(v.dtype)
+    return values, entries
+
+
+def record_layers(spec: ModelSpec, settings: Settings, out: Path) -> dict:
+    """Write ``export/layers.npz`` (``layer:<name>``) and ``export/layers.json`` for the
+    reference inputs of a finished export stage; the other export files are left as they are."""
+    _quiet_tf()
+    clock = StageClock()
+    mdir = ModelDir.of(out, spec.name)
+    exp = mdir.require("export", "reference.npz", "meta.json")
+    from pipeline.artifacts import read_json
+    from pipeline.layouts import load_reference
+
+    meta = read_json(exp / "meta.json")
+    inputs, _ = load_reference(exp / "reference.npz")
+    model = load_model(spec, settings)
+    return _write_layers(model, exp, [inputs[i["name"]] for i in meta["inputs"]], spec.name, clock)
+
+
+def _write_layers(model, exp: Path, feeds: list, name: str, clock: StageClock) -> dict:
+    try:
+        values, entries = layer_outputs(model, feeds)
+    except Exception as e:  # Keras raises many types while rebuilding or running the probe model
+        raise PipelineError("export", f"cannot record the Keras layers' outputs: {type(e).__name__}: {e}",
+                            model=name) from e
+    if not entries:
+        raise PipelineError("export", "the model has no Keras layers to record (a SavedModel signature?)",
+                            model=name, hint="per-layer debugging needs a .keras/.h5 file, a builder or a zoo model")
+    tmp = exp / f".layers.tmp-{os.getpid()}.npz"
+    np.savez(tmp, **{f"layer:{k}": v for k, v in values.items()})
+    os.replace(tmp, exp / "layers.npz")
+    record = {"stage": "export-layers", **clock.record()}
+    write_json(exp / "layers.json", {"layers": entries, "stage": record})
+    return record
