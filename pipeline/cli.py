@@ -47,17 +47,6 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("convert", parents=[common], help="all stages, each in its own process")
     for s in STAGES:
-        sub.add_parser(s, parents=[common], help=f"the {s} stage alone, on the previous stage's files")
-    zoo = sub.add_parser("zoo", help="convert every model of a zoo config, each in a watched worker process")
-    zoo.add_argument("--config", "-c", default="configs/zoo.toml", help="zoo config (default: configs/zoo.toml)")
-    zoo.add_argument("--out", "-o", default="artifacts/zoo", help="output folder (default: artifacts/zoo)")
-    zoo.add_argument("--jobs", "-j", type=int, help="models in parallel (default: cores, bounded by memory)")
-    zoo.add_argument("--executor", choices=("local", "ray"), default="local")
-    zoo.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
-    zoo.add_argument("--force", action="store_true", help="redo models whose report is up to date")
-    zoo.add_argument("--retry-failed", action="store_true", help="redo up-to-date models that failed")
-    zoo.add_argument("--only", help="comma-separated model names to run (the others are left as they are)")
-    zoo.add_argument("--no-progress", action="store_true", help="one line per model event, no progress bar")
         sp = sub.add_parser(s, parents=[common], help=f"the {s} stage alone, on the previous stage's files")
         if s in ("export", "compare"):
             sp.add_argument("--per-layer", action="store_true",
@@ -69,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
                          "that goes wrong, and the step that broke it (runs missing stages first)")
     dbg.add_argument("--bisect", action="store_true",
                      help="cut the first failing layer out of the rewritten ONNX model, with its inputs, for a bug report")
+    zoo = sub.add_parser("zoo", help="convert every model of a zoo config, each in a watched worker process")
+    zoo.add_argument("--config", "-c", default="configs/zoo.toml", help="zoo config (default: configs/zoo.toml)")
+    zoo.add_argument("--out", "-o", default="artifacts/zoo", help="output folder (default: artifacts/zoo)")
+    zoo.add_argument("--jobs", "-j", type=int, help="models in parallel (default: cores, bounded by memory)")
+    zoo.add_argument("--executor", choices=("local", "ray"), default="local")
+    zoo.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    zoo.add_argument("--force", action="store_true", help="redo models whose report is up to date")
+    zoo.add_argument("--retry-failed", action="store_true", help="redo up-to-date models that failed")
+    zoo.add_argument("--only", help="comma-separated model names to run (the others are left as they are)")
+    zoo.add_argument("--no-progress", action="store_true", help="one line per model event, no progress bar")
     return p
 
 
