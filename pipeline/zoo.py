@@ -350,8 +350,11 @@ def _per_layer(cmd: list, env: dict, root: str, mdir: ModelDir) -> dict:
         return {"status": "unavailable",
                 "message": "outputs are degenerate and this pipeline has no `compare --per-layer`: "
                            "parity rests on the outputs alone"}
-    proc = subprocess.run([*cmd, "--per-layer"], env=env, cwd=root, capture_output=True, text=True)
-    (mdir.root / "per_layer.log").write_text(proc.stdout + proc.stderr)
+    export_cmd = [*cmd[:3], "export", *cmd[4:], "--layers-only"]   # Keras' per-layer outputs first
+    rec = subprocess.run(export_cmd, env=env, cwd=root, capture_output=True, text=True)
+    proc = rec if rec.returncode else subprocess.run([*cmd, "--per-layer"], env=env, cwd=root,
+                                                     capture_output=True, text=True)
+    (mdir.root / "per_layer.log").write_text(rec.stdout + rec.stderr + proc.stdout + proc.stderr)
     status = {0: "ok", 1: "mismatch"}.get(proc.returncode, "failed")
     return {"status": status, "exit_code": proc.returncode,
             "message": (proc.stdout + proc.stderr).strip().splitlines()[-1] if (proc.stdout + proc.stderr).strip()
