@@ -207,6 +207,7 @@ def _convert_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> in
             err = PipelineError(stage, f"the {stage} process {why}", model=spec.name, kind=kind)
             write_json(mdir.error, err.info.to_json() | extra)
             print(f"error: {err}", file=sys.stderr)
+        runstate.clean_stale(mdir)   # what a killed stage process left in its temporary folder
         report.write(mdir, settings)
         print(f"{spec.name}: failed at {stage}  (report: {mdir.report})", file=sys.stderr)
         return 2

@@ -15,15 +15,6 @@ from conftest import ENV, REPO, TESTS, cli, report
 RTOL, ATOL = 1e-5, 1e-7
 
 
-@pytest.fixture(scope="module")
-def bad_files(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("bad_inputs")
-    proc = subprocess.run([sys.executable, str(TESTS / "bad_inputs.py"), str(out)], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
 def run(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
     """``python -m pipeline ARGS`` with extra environment variables."""
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env={**ENV, **(env or {})},
