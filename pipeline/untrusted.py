@@ -37,12 +37,6 @@ def check_onnx(path: Path, stage: str, model: str | None):
     if not proto.graph.node and not proto.graph.output:
         raise PipelineError(stage, f"{path} is not a valid ONNX model: it has no graph", model=model,
                             hint="the file is damaged: re-run the stage that wrote it")
-    try:
-        onnx.checker.check_model(proto)
-    except (onnx.checker.ValidationError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise PipelineError(stage, f"{path} is not a valid ONNX model: {type(e).__name__}: {first[:300]}",
-                            model=model, hint="the file is damaged: re-run the stage that wrote it") from e
     root = path.resolve().parent
     tensors = list(proto.graph.initializer) + [
         a.t for n in proto.graph.node for a in n.attribute if a.HasField("t")]
@@ -55,6 +49,12 @@ def check_onnx(path: Path, stage: str, model: str | None):
             raise PipelineError(stage, f"{path}: tensor {t.name!r} references external data {loc!r} "
                                 f"outside the model's folder", model=model,
                                 hint="external data must be a relative path inside the folder of the .onnx file")
+    try:
+        onnx.checker.check_model(str(path))   # by path: external data resolves from its folder, no 2 GB limit
+    except (onnx.checker.ValidationError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PipelineError(stage, f"{path} is not a valid ONNX model: {type(e).__name__}: {first[:300]}",
+                            model=model, hint="the file is damaged: re-run the stage that wrote it") from e
     return proto
 
 
