@@ -42,7 +42,7 @@ def mutate(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
     return f"{k} byte(s) flipped at {sorted(int(i) for i in where)[:4]}...", bytes(buf)
 
 
-def run_case(args: list, cwd_out: Path) -> tuple[int | None, str]:
+def run_case(args: list) -> tuple[int | None, str]:
     try:
         p = subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=ENV,
                            capture_output=True, text=True, timeout=PER_INPUT_TIMEOUT)
@@ -92,7 +92,7 @@ def test_fuzz_model_files_and_onnx(tmp_path, bad_files, valid_export):
                 f = out / f"fuzzed.{kind}"
                 f.write_bytes(mutated)
                 args = ["export", "--model", f, "--out", out / "artifacts"]
-            rc, text = run_case(args, out)
+            rc, text = run_case(args)
             check(rc, text, out, f"{kind} #{i} ({how})", failures)
             tried[kind] = tried.get(kind, 0) + 1
             outcomes[rc] = outcomes.get(rc, 0) + 1

@@ -140,5 +140,5 @@ def test_rewrite_refuses_raw_onnx_reading_outside(converted, tmp_path):
     proc = cli("rewrite", "--model", MODEL, "--out", out)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "references external data '../../../../etc/passwd' outside the model's folder" in proc.stderr
-    assert f"stage rewrite" in proc.stderr and "Traceback" not in proc.stderr
+    assert "stage rewrite" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / NAME / "rewrite").exists()
