@@ -13,7 +13,7 @@ ARG_MODEL  := $(if $(MODEL),--model '$(MODEL)')
 ARG_CONFIG := $(if $(CONFIG),--config '$(CONFIG)')
 STAGE_ARGS  = $(ARG_MODEL) $(ARG_CONFIG) --out '$(OUT)' $(ARGS)
 
-.PHONY: venv convert export rewrite import compare zoo debug test clean
+.PHONY: venv convert export rewrite import compare zoo debug test fuzz clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ debug: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+FUZZ_COUNT   ?= 64
+FUZZ_SECONDS ?= 900
+fuzz: $(STAMP)
+	FUZZ_COUNT=$(FUZZ_COUNT) FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest tests/test_fuzz.py -s $(ARGS)
 
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -70,11 +70,22 @@ def atomic_dir(final: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _test_pause(final.name)
     old = final.parent / f".{final.name}.old-{os.getpid()}"
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _test_pause(stage: str) -> None:
+    """Test hook: ``PIPELINE_TEST_SLEEP_IN=<stage>:<seconds>`` sleeps once the stage's files
+    are written to its temporary folder and before they move into place, so that a test can
+    kill a run in the middle of a stage at a known point."""
+    hook = os.environ.get("PIPELINE_TEST_SLEEP_IN", "")
+    name, _, seconds = hook.partition(":")
+    if name == stage:
+        time.sleep(float(seconds or 60))
 
 
 def write_json(path: Path, data) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import traceback
 
-from pipeline import STAGES
+from pipeline import STAGES, runstate
 from pipeline.artifacts import ModelDir, write_json
 from pipeline.config import load_settings, parse_shape
 from pipeline.errors import PipelineError
@@ -45,7 +45,11 @@ def _parser() -> argparse.ArgumentParser:
                              "loading such a file runs that code, so use it only for files you trust")
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("convert", parents=[common], help="all stages, each in its own process")
+    conv = sub.add_parser("convert", parents=[common], help="all stages, each in its own process")
+    conv.add_argument("--force", action="store_true",
+                      help="re-run every stage (default: skip stages whose results are complete and up to date)")
+    conv.add_argument("--stage-timeout", type=float, metavar="SECONDS",
+                      help="kill a stage process that runs longer; the report records the limit")
     for s in STAGES:
         sp = sub.add_parser(s, parents=[common], help=f"the {s} stage alone, on the previous stage's files")
         if s in ("export", "compare"):
@@ -89,6 +93,15 @@ def _stage(command: str, args) -> int:
         raise PipelineError("config", "no model given", hint="MODEL=... or model = ... in the config")
     spec = resolve(settings.model, settings.name)
     mdir = ModelDir.of(args.out, spec.name)
+    with runstate.model_lock(mdir) as owner:
+        if owner:
+            runstate.clean_stale(mdir)
+        return _stage_locked(command, args, settings, spec, mdir)
+
+
+def _stage_locked(command: str, args, settings, spec, mdir: ModelDir) -> int:
+    from pipeline import report
+
     if mdir.error.exists():
         mdir.error.unlink()   # a re-run replaces the previous failure
     if command == "export":
@@ -148,32 +161,90 @@ def _run_stage_process(stage: str, argv: list[str]) -> int:
     return proc.returncode
 
 
-def _convert(args, argv: list[str]) -> int:
-    from pipeline import report
+def _die_with_parent() -> None:
+    """In a stage process: SIGKILL it when ``convert`` dies, so a killed run leaves no writer."""
+    import ctypes
 
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_stage_child(stage: str, argv: list[str], env: dict, timeout: float | None) -> tuple[int, bool]:
+    """``python -m pipeline <stage> ...`` in a child process: (exit status, killed for the time limit)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", stage, *argv], env=env, preexec_fn=_die_with_parent)
+    try:
+        return proc.wait(timeout=timeout), False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(), True
+
+
+def _stage_argv(argv: list[str]) -> list[str]:
+    """``convert``'s arguments without its own flags, for the stage processes."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--force" or a.startswith("--stage-timeout="):
+            continue
+        elif a == "--stage-timeout":
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def _convert(args, argv: list[str]) -> int:
     settings = _settings(args)
     if not settings.model:
         raise PipelineError("config", "no model given", hint="MODEL=... or model = ... in the config")
     spec = resolve(settings.model, settings.name)
     mdir = ModelDir.of(args.out, spec.name)
+    with runstate.model_lock(mdir):
+        for done in runstate.clean_stale(mdir):
+            print(f"{spec.name}: {done} (left by a killed run)", flush=True)
+        return _convert_locked(args, _stage_argv(argv), settings, spec, mdir)
+
+
+def _convert_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
+    """Each stage in a process of its own; a stage whose results are up to date is skipped."""
+    from pipeline import report
+
     if mdir.error.exists():
         mdir.error.unlink()
+    env, previous = runstate.lock_env(mdir), None
     for stage in STAGES:
-        print(f"== {spec.name}: {stage}", flush=True)
-        rc = _run_stage_process(stage, argv)
-        if rc == 0 or (stage == "compare" and rc == 1):
+        inputs = runstate.fingerprint(stage, previous, spec, settings)
+        if not args.force and runstate.up_to_date(mdir, stage, inputs):
+            print(f"== {spec.name}: {stage} (up to date, skipped)", flush=True)
+            previous = runstate.outputs_hash(mdir, stage)
             continue
-        if not mdir.error.exists():
-            why = f"killed by signal {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
+        print(f"== {spec.name}: {stage}", flush=True)
+        rc, timed_out = _run_stage_child(stage, argv, env, args.stage_timeout)
+        if rc == 0 or (stage == "compare" and rc == 1):
+            runstate.record(mdir, stage, inputs)
+            previous = runstate.outputs_hash(mdir, stage)
+            continue
+        if timed_out or not mdir.error.exists():
+            extra = {"signal": signal.Signals(-rc).name} if rc < 0 else {"exit_status": rc}
+            if timed_out:
+                why, kind = f"exceeded its time limit of {args.stage_timeout:g} s and was killed", "timeout"
+                extra["limit"] = {"seconds": args.stage_timeout}
+            else:
+                why = f"was killed by signal {extra['signal']}" if rc < 0 else f"exited with status {rc}"
+                kind = "crash" if rc < 0 else "exit"
             mdir.root.mkdir(parents=True, exist_ok=True)
-            info = PipelineError(stage, f"the {stage} process {why}", model=spec.name).info.to_json()
-            if rc < 0:
-                info |= {"kind": "crash", "signal": signal.Signals(-rc).name}
-            write_json(mdir.error, info)
-        rep = report.write(mdir, settings)
+            err = PipelineError(stage, f"the {stage} process {why}", model=spec.name, kind=kind)
+            write_json(mdir.error, err.info.to_json() | extra)
+            print(f"error: {err}", file=sys.stderr)
+        runstate.clean_stale(mdir)   # what a killed stage process left in its temporary folder
+        report.write(mdir, settings)
         print(f"{spec.name}: failed at {stage}  (report: {mdir.report})", file=sys.stderr)
         return 2
     rep = report.write(mdir, settings)
+    print(f"{spec.name}: {rep['status']}  (report: {mdir.report})")
     return 0 if rep["status"] == "ok" else 1
 
 

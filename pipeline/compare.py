@@ -79,9 +79,10 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None) -> dict:
     inputs, ref = load_reference(exp / "reference.npz")
     feeds_cf = inputs_for(facts, inputs)
     in_names = [i["name"] for i in meta["inputs"]]
-    import onnx
+    from pipeline.untrusted import check_onnx
 
-    out_order = [o.name for o in onnx.load(str(rw / "nchw.onnx"), load_external_data=False).graph.output]
+    check_onnx(exp / "raw.onnx", "compare", meta["model"])
+    out_order = [o.name for o in check_onnx(rw / "nchw.onnx", "compare", meta["model"]).graph.output]
     got = {}
     try:
         got["onnx_raw"] = run_onnx(exp / "raw.onnx", inputs)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import modelfile
 from pipeline.artifacts import ModelDir, StageClock, atomic_dir, write_json
 from pipeline.config import Settings
 from pipeline.errors import PipelineError
@@ -54,6 +55,7 @@ def load_model(spec: ModelSpec, settings: Settings):
 
     keras.utils.set_random_seed(settings.seed)
     custom = _custom_objects(settings, spec.name)
+    facts = modelfile.check(spec.kind, spec.target, spec.name) if spec.kind in ("keras", "h5") else {}
     try:
         if spec.kind == "zoo":
             app = getattr(keras.applications, spec.target, None)
@@ -87,8 +89,11 @@ def load_model(spec: ModelSpec, settings: Settings):
                                            compile=False, safe_mode=not settings.unsafe)
         if spec.kind == "h5":
             import tf_keras
+            from tf_keras.src.saving.serialization_lib import SafeModeScope
 
-            return tf_keras.models.load_model(spec.target, custom_objects=custom or None, compile=False)
+            # tf_keras' legacy .h5 loader runs Lambda bytecode unless safe mode is set explicitly
+            with SafeModeScope(safe_mode=not settings.unsafe):
+                return tf_keras.models.load_model(spec.target, custom_objects=custom or None, compile=False)
         if spec.kind == "savedmodel":
             import tensorflow as tf
 
@@ -101,8 +106,8 @@ def load_model(spec: ModelSpec, settings: Settings):
     except PipelineError:
         raise
     except Exception as e:  # every loader raises its own types; wrap them with where and what
-        raise PipelineError("export", f"cannot load the model: {type(e).__name__}: {e}", model=spec.name,
-                            hint=_load_hint(e)) from e
+        message, hint = modelfile.explain(e, facts, "tf_keras" if spec.kind == "h5" else "keras")
+        raise PipelineError("export", message, model=spec.name, hint=hint or _load_hint(e)) from e
     raise PipelineError("export", f"unknown model kind {spec.kind!r}", model=spec.name)
 
 

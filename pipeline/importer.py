@@ -20,12 +20,13 @@ from pipeline.errors import PipelineError
 from pipeline.layouts import inputs_for, load_reference
 
 
-def convert_onnx(path: Path, model_name: str):
+def convert_onnx(path: Path, model_name: str, layers: list[str] | None = None):
     """onnx2torch on ``path``; a missing converter names the node, op type and opset."""
-    import onnx
     from onnx2torch import convert
 
-    proto = onnx.load(str(path))
+    from pipeline.untrusted import load_onnx
+
+    proto = load_onnx(path, "import", model_name)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             return static_shapes(convert(proto))
@@ -33,7 +34,7 @@ def convert_onnx(path: Path, model_name: str):
         node, op = _node_of(proto, str(e))
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
         raise PipelineError("import", f"onnx2torch has no converter: {e}", model=model_name, node=node,
-                            op_type=op, hint=f"register one for opset {opset} with "
+                            op_type=op, layer=layer_of(proto, node, layers or []), hint=f"register one for opset {opset} with "
                             "onnx2torch.node_converters.add_converter(operation_type=..., version=...)") from e
 
 
@@ -82,6 +83,39 @@ def _node_of(proto, message: str):
     return None, None
 
 
+def layer_of(proto, node_name: str | None, layers: list[str]) -> str | None:
+    """The Keras layer an ONNX node came from, by the TF name scopes (``model/lstm_1/...``)
+    of the node and of its neighbours (tf2onnx gives fused nodes such as LSTM no scope)."""
+    import re
+    from collections import deque
+
+    if not node_name or not layers:
+        return None
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    consumers: dict = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    by_name = {n.name: n for n in proto.graph.node}
+    seen, queue = {node_name}, deque([(by_name.get(node_name), 0)])
+    while queue:
+        n, depth = queue.popleft()
+        if n is None:
+            continue
+        for text in (n.name, *n.input, *n.output):
+            for part in text.split("/")[:-1]:
+                for layer in layers:
+                    if re.fullmatch(re.escape(layer) + r"(_\d+)?", part):
+                        return layer
+        if depth < 3:
+            near = [producer.get(i) for i in n.input] + [c for o in n.output for c in consumers.get(o, [])]
+            for m in near:
+                if m is not None and m.name not in seen:
+                    seen.add(m.name)
+                    queue.append((m, depth + 1))
+    return None
+
+
 def _example_args(mdir: ModelDir):
     import torch
 
@@ -126,7 +160,8 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
 
     src = mdir.require("rewrite", "torch.onnx", "rewrite.json")
     meta = read_json(mdir.require("export", "meta.json") / "meta.json")
-    module = convert_onnx(src / "torch.onnx", meta["model"]).eval()
+    layers = [entry["name"] for entry in meta.get("keras_layers", [])]
+    module = convert_onnx(src / "torch.onnx", meta["model"], layers).eval()
     args = _example_args(mdir)
     info = {"torch": torch.__version__, "onnx2torch": getattr(onnx2torch, "__version__", "1.5.15"),
             "input_names": [i["name"] for i in meta["inputs"]]}
@@ -136,6 +171,7 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         try:
             with torch.no_grad(), _quiet():
                 program = export_program(module, args)
+            program.example_inputs = None   # torch.save'd otherwise: the archive then holds no pickle
             torch.export.save(program, str(d / "model.pt2"))
             info["format"] = "pt2"
         except Exception as e:  # torch.export is strict about what it traces; the fallback still loads
@@ -154,6 +190,9 @@ def load(mdir: ModelDir):
     d = mdir.require("import", "import.json")
     info = read_json(d / "import.json")
     if info["format"] == "pt2":
+        from pipeline.untrusted import check_pt2
+
+        check_pt2(d / "model.pt2", mdir.root.name)   # torch.export.load would unpickle what it marks
         return torch.export.load(str(d / "model.pt2")).module()
     module = convert_onnx(mdir.stage("rewrite") / "torch.onnx", mdir.root.name)
     module.load_state_dict(load_file(str(d / "model.safetensors")))

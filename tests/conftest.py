@@ -35,3 +35,13 @@ def model_files(tmp_path_factory) -> Path:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def bad_files(tmp_path_factory) -> Path:
+    """Valid, bad and untrusted model files from tests/bad_inputs.py, written once per session."""
+    out = tmp_path_factory.mktemp("bad_inputs")
+    proc = subprocess.run([sys.executable, str(TESTS / "bad_inputs.py"), str(out)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out

@@ -19,6 +19,7 @@ from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from pipeline.rewrite import layout, passes
 from pipeline.rewrite.context import Ctx
+from pipeline.untrusted import check_onnx
 
 
 def _opset(model: ir.Model) -> int:
@@ -123,6 +124,7 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
     clock = StageClock()
     src = mdir.require("export", "raw.onnx", "meta.json")
     meta = read_json(src / "meta.json")
+    check_onnx(src / "raw.onnx", "rewrite", meta["model"])
     try:
         model, facts = rewrite_file(src / "raw.onnx", settings)
         n_left = len(facts["remaining"])

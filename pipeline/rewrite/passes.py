@@ -12,10 +12,17 @@ from pipeline.rewrite.perm import inverse, to_last
 
 def infer_shapes(model: ir.Model) -> None:
     """ONNX shape inference (with data propagation) where it succeeds; a no-op otherwise."""
+    import logging
+
+    log = logging.getLogger("onnx_ir.passes.common.shape_inference")
+    level = log.level
+    log.setLevel(logging.ERROR)   # its failure warning prints a traceback
     try:
         ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
     except Exception:  # inference is an aid for the passes, never a requirement
         pass
+    finally:
+        log.setLevel(level)
 
 
 def cleanup(model: ir.Model) -> None:

@@ -1,0 +1,25 @@
+"""Builders of models that cannot be converted as they are (``MODEL=tests/bad_models.py:NAME``)."""
+
+import keras
+import numpy as np
+
+L = keras.layers
+
+
+def nan_weights():
+    """Keras itself outputs NaN: a Dense kernel holds a NaN."""
+    keras.utils.set_random_seed(1)
+    x = keras.Input((8,), name="x")
+    m = keras.Model(x, L.Dense(3, name="dense")(x))
+    k = m.get_layer("dense").kernel
+    v = np.array(k.numpy())
+    v[0, 0] = np.nan
+    k.assign(v)
+    return m
+
+
+def lstm():
+    """An LSTM: tf2onnx writes an ONNX LSTM node, for which onnx2torch has no converter."""
+    keras.utils.set_random_seed(1)
+    x = keras.Input((6, 3), name="x")
+    return keras.Model(x, L.LSTM(4, name="lstm")(x))
