@@ -144,6 +144,8 @@ class Gen:
             for i in n.input:
                 self.consumers.setdefault(i, []).append(n)
         self.skip: set[str] = set()     # nodes fused into an earlier one
+        self.producers = {o: n for n in proto.graph.node for o in n.output}
+        self.initializers = {t.name for t in proto.graph.initializer}
 
     # ---- naming -------------------------------------------------------------------------
     def keras_layer(self, node_name: str) -> str | None:
@@ -165,9 +167,30 @@ class Gen:
         self.used.add(name)
         return name
 
-    def module_name(self, node) -> str:
+    def layer_of(self, node) -> str | None:
+        """The Keras layer of ``node``; for nodes tf2onnx named without a scope (its fused
+        ``LSTM__33``), the layer of the nearest scoped neighbour (inputs first, then users)."""
         layer = self.keras_layer(node.name)
-        return self.unique(layer or node.op_type.lower())
+        if layer or not self.layers:
+            return layer
+        seen, frontier = {node.name}, [node]
+        for _ in range(4):
+            nxt = []
+            for n in frontier:
+                near = [self.producers.get(i) for i in n.input if i and i not in self.initializers]
+                near += [c for o in n.output for c in self.consumers.get(o, [])]
+                for m in near:
+                    if m is None or m.name in seen:
+                        continue
+                    seen.add(m.name)
+                    if (layer := self.keras_layer(m.name)):
+                        return layer
+                    nxt.append(m)
+            frontier = nxt
+        return None
+
+    def module_name(self, node) -> str:
+        return self.unique(self.layer_of(node) or node.op_type.lower())
 
     def var(self, hint: str = "x") -> str:
         while True:
