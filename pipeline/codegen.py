@@ -712,6 +712,33 @@ def _gather(gen: Gen, node):
     gen.emit(node, f"{x}[{', '.join([':'] * axis + [f'{i}.long()'])}]")
 
 
+def _uniform_length(gen: Gen, name: str):
+    """The one value of a lengths vector built as ``Expand(scalar, [batch])`` or a constant."""
+    c = gen.const(name)
+    if c is not None:
+        return int(c.reshape(-1)[0]) if c.size and np.all(c == c.reshape(-1)[0]) else None
+    p = gen.producers.get(name)
+    if p is not None and p.op_type == "Expand":
+        v = gen.values.get(p.input[0])
+        if isinstance(v, Shape) and len(v.items) == 1:
+            return v.items[0]
+        if isinstance(v, Const) and v.value.size == 1:
+            return int(v.value.reshape(-1)[0])
+    return None
+
+
+@converter("ReverseSequence")
+def _reverse_sequence(gen: Gen, node):
+    """Keras go_backwards / Bidirectional: every sequence has the full length -> a flip."""
+    a = _attrs(node)
+    time_axis = a.get("time_axis", 0)
+    length = _uniform_length(gen, node.input[1])
+    full = gen.dims(node.input[0])[time_axis]
+    if length is None or str(length) != str(full):
+        raise Unsupported("sequence lengths other than the full time axis (masked sequences)")
+    gen.emit(node, f"torch.flip({gen.t(node.input[0])}, ({time_axis},))")
+
+
 @converter("Tile")
 def _tile(gen: Gen, node):
     reps = gen.shape_items(node.input[1])

@@ -161,7 +161,7 @@ RECURRENT_LOOP = ("gru", "gru_reset_before", "gru_backwards", "gru_backwards_h",
 # ---- padding forms ---------------------------------------------------------------------------
 # Keras "same" with a stride or an even kernel pads more at the end than at the start
 # (ONNX SAME_UPPER or asymmetric pads); "same" average pooling leaves pads out of the count.
-_SHAPES = {1: (11, 3), 2: (11, 9, 3), 3: (7, 9, 6, 2)}
+_SHAPES = {1: (10, 3), 2: (10, 8, 3), 3: (6, 8, 4, 2)}   # even: "same" with stride 2 pads unevenly
 
 
 def _spatial(name, n, fn):
