@@ -267,9 +267,12 @@ class Gen:
         if len(node.input) <= i or not node.input[i]:
             return None
         c = self.const(node.input[i])
-        if c is None:
-            raise Unsupported(f"input {i} ({node.input[i]!r}) must be a constant")
-        return [int(v) for v in c.reshape(-1)]
+        if c is not None:
+            return [int(v) for v in c.reshape(-1)]
+        v = self.values.get(node.input[i])
+        if isinstance(v, Shape) and all(isinstance(k, int) for k in v.items):
+            return list(v.items)   # computed from static dims only
+        raise Unsupported(f"input {i} ({node.input[i]!r}) must be a constant")
 
     def emit(self, node, expr: str, out: int = 0, dtype: str | None = None, hint: str = "x") -> str:
         v = self.var(hint)
@@ -392,13 +395,32 @@ def _shape_op(gen: Gen, node) -> bool:
         sym = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "//"}[op]
         gen.values[node.output[0]] = Shape([_sym(sym, x, y) for x, y in zip(ai, bi)], scalar=a.scalar and b.scalar)
         return True
+    if op in ("Neg", "Abs"):
+        a = _as_shape(gen, ins[0])
+        f = (lambda x: -x if isinstance(x, int) else f"(-{x})") if op == "Neg" else \
+            (lambda x: abs(x) if isinstance(x, int) else f"abs({x})")
+        gen.values[node.output[0]] = Shape([f(x) for x in a.items], scalar=a.scalar)
+        return True
+    if op in ("Max", "Min") and all(_is_shape_like(gen, i) for i in ins):
+        parts = [_as_shape(gen, i) for i in ins]
+        n = max(len(p.items) for p in parts)
+        cols = [p.items * n if len(p.items) == 1 else p.items for p in parts]
+        fn = max if op == "Max" else min
+        items = []
+        for vals in zip(*cols):
+            if all(isinstance(v, int) for v in vals):
+                items.append(fn(vals))
+            else:
+                items.append(f"{fn.__name__}({', '.join(_pyexpr(v) for v in vals)})")
+        gen.values[node.output[0]] = Shape(items, scalar=all(p.scalar for p in parts))
+        return True
     if op == "Concat" and all(_is_shape_like(gen, i) for i in ins):
         items = []
         for i in ins:
             items += _as_shape(gen, i).items
         gen.values[node.output[0]] = Shape(items)
         return True
-    if op == "Slice":
+    if op == "Slice" and _is_shape_like(gen, ins[0]):
         s = _as_shape(gen, ins[0])
         starts, ends = gen.ints(node, 1), gen.ints(node, 2)
         steps = gen.ints(node, 4) or [1]
@@ -1103,6 +1125,9 @@ def _pad(gen: Gen, node):
         for k, ax in enumerate(axes):
             full[ax], full[ax + r] = pads[k], pads[k + len(axes)]
         pads = full
+    if not any(pads):
+        gen.values[node.output[0]] = gen.values[node.input[0]]
+        return
     torch_pads = _torch_pad(pads)
     while torch_pads[-2:] == [0, 0] and len(torch_pads) > 2:
         torch_pads = torch_pads[:-2]
