@@ -790,8 +790,8 @@ def _depth_space(gen: Gen, node):
     b = a["blocksize"]
     x = gen.t(node.input[0])
     if node.op_type == "SpaceToDepth":
-        gen.emit(node, f"F.pixel_unshuffle({x}, {b})" if False else
-                 f"{x}.reshape({x}.shape[0], {x}.shape[1], {x}.shape[2] // {b}, {b}, {x}.shape[3] // {b}, {b})"
+        # ONNX orders the new channels (i, j, c); F.pixel_unshuffle orders them (c, i, j)
+        gen.emit(node, f"{x}.reshape({x}.shape[0], {x}.shape[1], {x}.shape[2] // {b}, {b}, {x}.shape[3] // {b}, {b})"
                  f".permute(0, 3, 5, 1, 2, 4).reshape({x}.shape[0], -1, {x}.shape[2] // {b}, {x}.shape[3] // {b})")
     elif a.get("mode", "DCR") == "CRD":
         gen.emit(node, f"F.pixel_shuffle({x}, {b})")
