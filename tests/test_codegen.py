@@ -195,6 +195,17 @@ OPS = {
     "prelu": ("PRelu", {}, [_w(3, 1, 1)], (2, 3, 4, 4)),
     "transpose": ("Transpose", {"perm": [0, 2, 3, 1]}, [], (2, 3, 4, 5)),
     "split": ("Split", {"axis": 1}, [np.array([1, 2], np.int64)], (2, 3, 4)),
+    # recurrent ops, input (seq, batch, features): gate orders and bias layouts differ from torch's
+    "lstm": ("LSTM", {"hidden_size": 4}, [_w(1, 16, 3), _w(1, 16, 4, seed=1), _w(1, 32, seed=2)], (5, 2, 3)),
+    "lstm_reverse": ("LSTM", {"hidden_size": 4, "direction": "reverse"},
+                     [_w(1, 16, 3), _w(1, 16, 4, seed=1), _w(1, 32, seed=2)], (5, 2, 3)),
+    "lstm_bidirectional": ("LSTM", {"hidden_size": 4, "direction": "bidirectional"},
+                           [_w(2, 16, 3), _w(2, 16, 4, seed=1), _w(2, 32, seed=2)], (5, 2, 3)),
+    "gru_reset_after": ("GRU", {"hidden_size": 4, "linear_before_reset": 1},
+                        [_w(1, 12, 3), _w(1, 12, 4, seed=1), _w(1, 24, seed=2)], (5, 2, 3)),
+    "gru_bidirectional": ("GRU", {"hidden_size": 4, "linear_before_reset": 1, "direction": "bidirectional"},
+                          [_w(2, 12, 3), _w(2, 12, 4, seed=1), _w(2, 24, seed=2)], (5, 2, 3)),
+    "rnn": ("RNN", {"hidden_size": 4}, [_w(1, 4, 3), _w(1, 4, 4, seed=1), _w(1, 8, seed=2)], (5, 2, 3)),
 }
 
 
@@ -212,7 +223,7 @@ def test_single_op_matches_onnxruntime(tmp_path, case):
             continue
         names.append(f"c{k}")
         inits.append(numpy_helper.from_array(c, f"c{k}"))
-    outs = ["y0", "y1"] if op == "Split" else ["y0"]
+    outs = ["y0", "y1"] if op in ("Split", "GRU", "RNN") else ["y0", "y1", "y2"] if op == "LSTM" else ["y0"]
     node = helper.make_node(op, names, outs, name=f"functional_1/{case}_1/{op}", **attrs)
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, *shape[1:]])
     graph = helper.make_graph([node], "g", [x], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
