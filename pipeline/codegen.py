@@ -1257,10 +1257,6 @@ def _recurrent(gen: Gen, node):
 
 
 # ---- the walk -------------------------------------------------------------------------------
-def _opset_of(proto) -> int:
-    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
-
-
 _WEIGHTED = {"Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "BatchNormalization", "MatMul", "Gemm"}
 
 
