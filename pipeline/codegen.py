@@ -979,7 +979,7 @@ def _conv_transpose(gen: Gen, node):
             if total < 0:
                 raise Unsupported("an output_shape larger than the full transposed convolution")
             lo, hi = total // 2, total - total // 2
-            # ONNX: SAME_UPPER puts the extra pad at the start's opposite... spec: pads[start]=total/2 for UPPER
+            # ONNX spec: SAME_UPPER pads total//2 at the start and the rest at the end; SAME_LOWER the reverse
             begin.append(lo if auto != "SAME_LOWER" else hi)
             end.append(hi if auto != "SAME_LOWER" else lo)
         pads = begin + end
