@@ -1,4 +1,8 @@
-"""Stage 4, compare: Keras vs onnxruntime(raw) vs onnxruntime(nchw) vs torch.
+"""Stage 4, compare: Keras vs onnxruntime(raw) vs onnxruntime(nchw) vs the torch ports.
+
+Torch stages: ``torch_codegen`` (the generated ``model.py`` + ``model.safetensors``),
+``torch_pt2`` (``model.pt2``) and ``torch`` (onnx2torch's port of the same graph; skipped,
+with the reason, where onnx2torch has no converter for an op).
 
 All numbers live here. Per output and stage: max |diff|, max relative error (to
 max|Keras output|), and pass/fail against ``rtol * max|Keras output| + atol``. NaN in a
@@ -14,7 +18,7 @@ from pipeline.config import Settings
 from pipeline.errors import PipelineError
 from pipeline.layouts import inputs_for, load_reference, output_to_keras
 
-STAGE_KEYS = ("onnx_raw", "onnx_nchw", "torch")
+STAGE_KEYS = ("onnx_raw", "onnx_nchw", "torch", "torch_codegen", "torch_pt2")
 
 
 def compare_arrays(ref: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> dict:
@@ -88,28 +92,47 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None) -> dict:
         got["onnx_raw"] = run_onnx(exp / "raw.onnx", inputs)
         nchw = run_onnx(rw / "nchw.onnx", feeds_cf)
         got["onnx_nchw"] = {k: output_to_keras(facts, k, v) for k, v in nchw.items()}
-        if torch_module is None:
-            from pipeline import importer
+        from pipeline import importer
 
-            torch_module = importer.load(mdir)
-        tout = run_torch(torch_module, feeds_cf, in_names, out_order)
-        got["torch"] = {k: output_to_keras(facts, k, v) for k, v in tout.items()}
+        imp = read_json(mdir.require("import", "import.json") / "import.json")
+        skipped, missing_pt2 = {}, None
+        torch_ports = {"torch_codegen": importer.load_generated}
+        if imp.get("format") == "pt2":
+            torch_ports["torch_pt2"] = importer.load_pt2
+        else:
+            missing_pt2 = f"no model.pt2: {imp.get('pt2_error')}"
+        if torch_module is not None:
+            torch_ports["torch"] = lambda _: torch_module
+        elif imp.get("onnx2torch_status", "ok") == "ok":
+            torch_ports["torch"] = importer.load_onnx2torch
+        else:
+            skipped["torch"] = f"onnx2torch: {imp['onnx2torch_status']}"
+        for stage, loader in torch_ports.items():
+            tout = run_torch(loader(mdir), feeds_cf, in_names, out_order)
+            got[stage] = {k: output_to_keras(facts, k, v) for k, v in tout.items()}
     except PipelineError:
         raise
     except Exception as e:
         raise PipelineError("compare", f"running a converted model failed: {type(e).__name__}: {e}",
                             model=meta["model"]) from e
-    results = {stage: compare_outputs(ref, got[stage], settings.rtol, settings.atol) for stage in STAGE_KEYS}
+    results = {stage: compare_outputs(ref, got[stage], settings.rtol, settings.atol) for stage in STAGE_KEYS
+               if stage in got}
+    if missing_pt2:   # every model must come with a model.pt2: its absence fails; onnx2torch is optional
+        results["torch_pt2"] = {k: {**compare_arrays(v, np.full_like(v, np.nan), settings.rtol, settings.atol),
+                                    "error": missing_pt2} for k, v in ref.items()}
     warnings = [w for k, v in ref.items() if (w := degenerate(k, v))]
     ok = all(r["ok"] for s in results.values() for r in s.values())
+    passed = {s: all(r["ok"] for r in results[s].values()) for s in results}
     summary = {
         "status": "ok" if ok else "mismatch",
         "tolerance": {"rtol": settings.rtol, "atol": settings.atol},
         "max_abs_err": {s: max((r["max_abs_err"] if r["max_abs_err"] is not None else float("inf"))
-                               for r in results[s].values()) for s in STAGE_KEYS},
+                               for r in results[s].values()) for s in results},
         "max_rel_err": {s: max((r["max_rel_err"] if r["max_rel_err"] is not None else float("inf"))
-                               for r in results[s].values()) for s in STAGE_KEYS},
-        "outputs": {k: {s: results[s][k] for s in STAGE_KEYS} for k in ref},
+                               for r in results[s].values()) for s in results},
+        "passed": passed,
+        "skipped": skipped,
+        "outputs": {k: {s: results[s][k] for s in results} for k in ref},
         "warnings": warnings,
     }
     with atomic_dir(mdir.stage("compare")) as d:
@@ -120,10 +143,10 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None) -> dict:
 
 def table(summary: dict) -> str:
     """The short table printed after a comparison."""
-    rows = [f"{'output':<28} {'stage':<10} {'max abs err':>12} {'max rel err':>12} {'tolerance':>11}  ok"]
+    rows = [f"{'output':<28} {'stage':<13} {'max abs err':>12} {'max rel err':>12} {'tolerance':>11}  ok"]
     for name, per in summary["outputs"].items():
         for stage, r in per.items():
             fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
-            rows.append(f"{name[:28]:<28} {stage:<10} {fmt(r['max_abs_err']):>12} {fmt(r['max_rel_err']):>12} "
+            rows.append(f"{name[:28]:<28} {stage:<13} {fmt(r['max_abs_err']):>12} {fmt(r['max_rel_err']):>12} "
                         f"{r['tolerance']:>11.3g}  {'yes' if r['ok'] else 'NO'}")
     return "\n".join(rows)

@@ -282,6 +282,15 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         proto = tf2onnx_convert(fn, signature, settings.opset)
     except Exception as e:
         raise PipelineError("export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name) from e
+    unrolled = _unroll_if_loop(proto, model)
+    if unrolled:   # recurrent layers came out as an ONNX Loop: convert them unrolled (see recurrent.py)
+        model, rnn_names = unrolled
+        fn = tf.function(call, input_signature=signature, autograph=False)   # ``call`` now sees the copy
+        try:
+            proto = tf2onnx_convert(fn, signature, settings.opset)
+        except Exception as e:
+            raise PipelineError("export", f"tf2onnx failed on the unrolled recurrent layers {rnn_names}: "
+                                f"{type(e).__name__}: {e}", model=spec.name) from e
 
     onnx_outputs = [o.name for o in proto.graph.output]
     if sorted(onnx_outputs) != sorted(ref):
@@ -298,6 +307,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
                      "onnx": onnx.__version__, "numpy": np.__version__},
         "tf2onnx_passes": list(TF2ONNX_PASSES),
+        "unrolled_recurrent": unrolled[1] if unrolled else [],
     }
     with atomic_dir(mdir.stage("export")) as d:
         onnx.save(proto, d / "raw.onnx")
@@ -309,6 +319,16 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         if per_layer and not isinstance(model, _SavedModelSignature):
             _write_layers(model, d, [feeds[n] for n, _, _ in specs], spec.name, clock)
     return record
+
+
+def _unroll_if_loop(proto, model):
+    """(an unrolled copy of ``model``, its recurrent layers) when tf2onnx wrote a Loop."""
+    from pipeline import recurrent
+
+    if isinstance(model, _SavedModelSignature) or not any(n.op_type == "Loop" for n in proto.graph.node):
+        return None
+    names = recurrent.recurrent_layers(model)
+    return (recurrent.unrolled(model), names) if names else None
 
 
 def _layers(model) -> list[dict]:

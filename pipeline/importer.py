@@ -1,9 +1,10 @@
 """Stage 3, import: ``rewrite/torch.onnx`` -> a PyTorch model a fresh process can load.
 
-Writes ``import/model.pt2`` (a ``torch.export`` program with a dynamic batch dimension)
-and ``import/model.safetensors`` (the weights), plus ``import/import.json``. Loading never
-uses full pickle: ``load()`` reads the pt2 program, or rebuilds the module from the ONNX
-graph with onnx2torch and loads the safetensors weights when no pt2 could be made.
+Writes ``import/model.py`` (generated PyTorch source, see ``codegen``; it needs torch and
+safetensors only), ``import/model.safetensors`` (its weights), ``import/model.pt2`` (a
+``torch.export`` program of that module with a dynamic batch dimension) and
+``import/import.json``. Loading never uses full pickle: ``load()`` reads the pt2 program,
+or the generated module with its safetensors weights when no pt2 could be made.
 """
 
 from __future__ import annotations
@@ -153,29 +154,44 @@ def export_program(module, args):
 
 
 def run(mdir: ModelDir, settings: Settings) -> dict:
+    """Generate ``model.py`` + ``model.safetensors`` from ``torch.onnx``, export ``model.pt2``
+    from the generated module, and record whether onnx2torch converts the graph too."""
     clock = StageClock()
+    import onnx
     import onnx2torch
     import torch
-    from safetensors.torch import save_file
+    from safetensors.numpy import save_file
+
+    from pipeline import codegen
 
     src = mdir.require("rewrite", "torch.onnx", "rewrite.json")
     meta = read_json(mdir.require("export", "meta.json") / "meta.json")
     layers = [entry["name"] for entry in meta.get("keras_layers", [])]
-    module = convert_onnx(src / "torch.onnx", meta["model"], layers).eval()
+    from pipeline.untrusted import load_onnx
+
+    proto = load_onnx(src / "torch.onnx", "import", meta["model"])
+    gen = codegen.generate(proto, meta["model"], meta.get("keras_layers"))
+    del proto
     args = _example_args(mdir)
     info = {"torch": torch.__version__, "onnx2torch": getattr(onnx2torch, "__version__", "1.5.15"),
-            "input_names": [i["name"] for i in meta["inputs"]]}
+            "input_names": [i["name"] for i in meta["inputs"]], "modules": gen.modules}
+    try:
+        convert_onnx(src / "torch.onnx", meta["model"], layers)
+        info["onnx2torch_status"] = "ok"
+    except PipelineError as e:   # the generated module does not need it; compare skips the onnx2torch port
+        info["onnx2torch_status"] = e.info.message
     with atomic_dir(mdir.stage("import")) as d:
-        state = {k: v.contiguous() for k, v in module.state_dict().items()}
-        save_file(state, str(d / "model.safetensors"))
+        (d / "model.py").write_text(gen.source)
+        save_file({k: np.ascontiguousarray(v) for k, v in gen.state.items()}, str(d / "model.safetensors"))
+        module = codegen.load_generated(d / "model.py")
         try:
             with torch.no_grad(), _quiet():
                 program = export_program(module, args)
             program.example_inputs = None   # torch.save'd otherwise: the archive then holds no pickle
             torch.export.save(program, str(d / "model.pt2"))
             info["format"] = "pt2"
-        except Exception as e:  # torch.export is strict about what it traces; the fallback still loads
-            info["format"] = "onnx2torch+safetensors"
+        except Exception as e:  # torch.export is strict about what it traces; model.py still loads
+            info["format"] = "model.py"
             info["pt2_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         record = {"stage": "import", **clock.record()}
         write_json(d / "import.json", {**info, "stage": record})
@@ -183,17 +199,35 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
 
 
 def load(mdir: ModelDir):
-    """The converted torch module, loaded without full pickle."""
-    import torch
-    from safetensors.torch import load_file
-
+    """The converted torch module, loaded without full pickle: the ``model.pt2`` program,
+    or the generated ``model.py`` with its safetensors weights when no pt2 could be made."""
     d = mdir.require("import", "import.json")
     info = read_json(d / "import.json")
     if info["format"] == "pt2":
-        from pipeline.untrusted import check_pt2
+        return load_pt2(mdir)
+    return load_generated(mdir)
 
-        check_pt2(d / "model.pt2", mdir.root.name)   # torch.export.load would unpickle what it marks
-        return torch.export.load(str(d / "model.pt2")).module()
-    module = convert_onnx(mdir.stage("rewrite") / "torch.onnx", mdir.root.name)
-    module.load_state_dict(load_file(str(d / "model.safetensors")))
-    return module.eval()
+
+def load_pt2(mdir: ModelDir):
+    """``import/model.pt2`` as a module; refused if the archive holds any pickled payload
+    (``torch.export.load`` would unpickle it)."""
+    import torch
+
+    from pipeline.untrusted import check_pt2
+
+    path = mdir.stage("import") / "model.pt2"
+    check_pt2(path, mdir.root.name)
+    return torch.export.load(str(path)).module()
+
+
+def load_generated(mdir: ModelDir):
+    """The generated ``import/model.py`` with ``model.safetensors`` loaded."""
+    from pipeline import codegen
+
+    d = mdir.require("import", "model.py", "model.safetensors")
+    return codegen.load_generated(d / "model.py").eval()
+
+
+def load_onnx2torch(mdir: ModelDir):
+    """onnx2torch's port of ``rewrite/torch.onnx`` (a torch.fx module), for comparison."""
+    return convert_onnx(mdir.stage("rewrite") / "torch.onnx", mdir.root.name).eval()

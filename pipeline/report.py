@@ -28,6 +28,8 @@ def build(mdir: ModelDir, settings=None) -> dict:
         {"rtol": settings.rtol, "atol": settings.atol} if settings else None)
     rep["max_abs_err"] = (cmp_ or {}).get("max_abs_err", {})
     rep["max_rel_err"] = (cmp_ or {}).get("max_rel_err", {})
+    rep["passed"] = (cmp_ or {}).get("passed", {})       # per stage: which ports reproduce Keras
+    rep["skipped"] = (cmp_ or {}).get("skipped", {})
     if rw:
         rep["transposes"] = rw["transposes"]
         rep["transposes_torch"] = rw.get("transposes_torch")
@@ -41,6 +43,9 @@ def build(mdir: ModelDir, settings=None) -> dict:
     if imp:
         versions.update({"torch": imp.get("torch"), "onnx2torch": imp.get("onnx2torch")})
         rep["torch_format"] = imp.get("format")
+        rep["torch_files"] = {"model.py": True, "model.safetensors": True, "model.pt2": imp.get("format") == "pt2"}
+        if imp.get("pt2_error"):
+            rep["pt2_error"] = imp["pt2_error"]
     try:
         import onnxruntime
 
