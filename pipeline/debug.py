@@ -272,7 +272,7 @@ def _torch_module(mdir: ModelDir, model_name: str):
     from pipeline import importer
 
     module = importer.convert_onnx(mdir.stage("rewrite") / "torch.onnx", model_name)
-    weights = mdir.stage("import") / "model.safetensors"
+    weights = mdir.stage("import") / "onnx2torch.safetensors"
     if weights.exists():
         module.load_state_dict(load_file(str(weights)))
     return module.eval()

@@ -176,13 +176,19 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
     info = {"torch": torch.__version__, "onnx2torch": getattr(onnx2torch, "__version__", "1.5.15"),
             "input_names": [i["name"] for i in meta["inputs"]], "modules": gen.modules}
     try:
-        convert_onnx(src / "torch.onnx", meta["model"], layers)
+        o2t = convert_onnx(src / "torch.onnx", meta["model"], layers)
         info["onnx2torch_status"] = "ok"
     except PipelineError as e:   # the generated module does not need it; compare skips the onnx2torch port
         info["onnx2torch_status"] = e.info.message
+        o2t = None
     with atomic_dir(mdir.stage("import")) as d:
         (d / "model.py").write_text(gen.source)
         save_file({k: np.ascontiguousarray(v) for k, v in gen.state.items()}, str(d / "model.safetensors"))
+        if o2t is not None:   # onnx2torch's port keeps ONNX node names: the per-layer debugger runs it
+            from safetensors.torch import save_file as save_torch
+
+            save_torch({k: v.contiguous() for k, v in o2t.state_dict().items()}, str(d / "onnx2torch.safetensors"))
+            del o2t
         module = codegen.load_generated(d / "model.py")
         try:
             with torch.no_grad(), _quiet():

@@ -164,7 +164,7 @@ def drop_transpose_before_flatten(d: Path):
 def perturb_torch_conv_b(d: Path):
     from safetensors.numpy import load_file, save_file
 
-    path = d / NAME / "import" / "model.safetensors"
+    path = d / NAME / "import" / "onnx2torch.safetensors"   # the port the per-layer debugger runs
     w = load_file(str(path))
     key = next(k for k in w if "conv_b" in k and k.endswith(".weight"))
     w[key] = w[key] + np.float32(0.05)
