@@ -13,7 +13,7 @@ ARG_MODEL  := $(if $(MODEL),--model '$(MODEL)')
 ARG_CONFIG := $(if $(CONFIG),--config '$(CONFIG)')
 STAGE_ARGS  = $(ARG_MODEL) $(ARG_CONFIG) --out '$(OUT)' $(ARGS)
 
-.PHONY: venv convert export rewrite import compare test clean
+.PHONY: venv convert export rewrite import compare test bench clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ convert: $(STAMP)
 STAGE_TARGETS := export rewrite import compare
 $(STAGE_TARGETS): $(STAMP)
 	$(PY) -m pipeline $@ $(STAGE_ARGS)
+
+# converted models vs Keras/TF, onnxruntime, torchvision; conversion cost vs plain tf2onnx
+bench: $(STAMP)
+	$(PY) -m pipeline.bench --out '$(OUT)/bench' $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)

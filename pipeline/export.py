@@ -274,12 +274,13 @@ def freeze(fn, signature) -> dict:
             "name": concrete.name}
 
 
-def _hold_out(graph_def, min_bytes: int = HOLD_OUT_BYTES) -> dict:
+def _hold_out(graph_def, min_bytes: int | None = None) -> dict:
     """Turn big Consts read only by MatMul (input 1, maybe through Identity) into Placeholders.
 
     Returns ``{name: (tf dtype enum, shape, bytes)}``. MatMul is the one consumer where
     grappler folds nothing into the weight, so holding it out leaves every number as it was.
     """
+    min_bytes = HOLD_OUT_BYTES if min_bytes is None else min_bytes
     consumers: dict[str, list] = {}
     for node in graph_def.node:
         for i, inp in enumerate(node.input):
