@@ -49,6 +49,7 @@ class BenchConfig:
     warmup: int = 1
     compile: bool = True
     plain_rss_cap_mb: int = 8000    # plain tf2onnx is killed above this (it grows past 24 GB on VGG16)
+    threads: int = 1                # intra-op threads of every candidate; 0: each framework's default
 
 
 def load_config(path: Path) -> BenchConfig:
@@ -58,7 +59,7 @@ def load_config(path: Path) -> BenchConfig:
     rounds = {int(k): int(v) for k, v in b.get("rounds", {"1": 9, "32": 3}).items()}
     return BenchConfig(models=models, batches=tuple(b.get("batches", (1, 32))), rounds=rounds,
                        warmup=int(b.get("warmup", 1)), compile=bool(b.get("compile", True)),
-                       plain_rss_cap_mb=int(b.get("plain_rss_cap_mb", 8000)))
+                       plain_rss_cap_mb=int(b.get("plain_rss_cap_mb", 8000)), threads=int(b.get("threads", 1)))
 
 
 # ---------------------------------------------------------------- conversion cost
@@ -160,8 +161,9 @@ def _plain_import(path: str) -> None:
 class KerasWorker:
     """Keras on TensorFlow in a process of its own; ``run()`` times one call there."""
 
-    def __init__(self, model: str):
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.bench", "_keras_worker", model], cwd=REPO,
+    def __init__(self, model: str, threads: int):
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.bench", "_keras_worker", model, str(threads)],
+                                     cwd=REPO,
                                      env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self._ask({"cmd": "hello"})
 
@@ -184,13 +186,17 @@ class KerasWorker:
         self.proc.wait()
 
 
-def _keras_worker(model: str) -> None:
+def _keras_worker(model: str, threads: str = "0") -> None:
     from pipeline import export
     from pipeline.config import load_settings
     from pipeline.spec import resolve
 
     export._quiet_tf()
     import tensorflow as tf
+
+    if int(threads):
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
 
     settings = load_settings(None, model=None if model == "default" else model)
     spec = resolve(settings.model, None)
@@ -282,17 +288,21 @@ def latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
 
     from pipeline import importer
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     module = importer.load(mdir)
     cands = {"torch": module}
     if cfg.compile:
         cands["torch.compile"] = torch.compile(module)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if cfg.threads:
+        opts.intra_op_num_threads = opts.inter_op_num_threads = cfg.threads
     sess = ort.InferenceSession(str(mdir.stage("rewrite") / "nchw.onnx"), opts, providers=["CPUExecutionProvider"])
     extra = {}
     if bm.torchvision:
         cands["torchvision"], extra["torchvision_agreement"] = torchvision_twin(mdir, bm.torchvision, module)
-    keras = KerasWorker(bm.model)
+    keras = KerasWorker(bm.model, cfg.threads)
     names = [*cands, "onnxruntime", "keras"]
     result = {}
     try:
@@ -377,24 +387,35 @@ def main(argv=None) -> int:
     p.add_argument("--models", help="comma-separated names from the config (default: all)")
     p.add_argument("--rounds", help='override rounds per batch size, e.g. "1=20,32=5"')
     p.add_argument("--no-plain", action="store_true", help="skip the plain tf2onnx + onnx2torch conversion")
+    p.add_argument("--reuse", action="store_true",
+                   help="time the models already converted under --out; conversion costs from its bench.json")
+    p.add_argument("--threads", type=int, help="intra-op threads of every candidate (0: framework defaults)")
     args = p.parse_args(argv)
     cfg = load_config(Path(args.config))
     if args.rounds:
         cfg = BenchConfig(**{**cfg.__dict__, "rounds": {int(k): int(v) for k, v in
                                                          (x.split("=") for x in args.rounds.split(","))}})
+    if args.threads is not None:
+        cfg = BenchConfig(**{**cfg.__dict__, "threads": args.threads})
     models = [m for m in cfg.models if not args.models or m.name in args.models.split(",")]
     out = Path(args.out)
+    old = read_json(out / "bench.json")["results"] if args.reuse and (out / "bench.json").exists() else {}
     results = {}
     for bm in models:
-        print(f"== {bm.name}: converting", flush=True)
-        conv = convert_pipeline(bm, out)
-        plain = {"skipped": "--no-plain"} if args.no_plain else convert_plain(bm, out / "plain", cfg.plain_rss_cap_mb)
+        if bm.name in old:
+            conv, plain = old[bm.name]["convert"], old[bm.name]["plain"]
+        else:
+            print(f"== {bm.name}: converting", flush=True)
+            conv = convert_pipeline(bm, out)
+            plain = ({"skipped": "--no-plain"} if args.no_plain
+                     else convert_plain(bm, out / "plain", cfg.plain_rss_cap_mb))
         print(f"== {bm.name}: timing", flush=True)
         lat = latency(bm, ModelDir.of(out, bm.name), cfg)
         results[bm.name] = {"model": bm.model, "convert": conv, "plain": plain, **lat,
                             "ratios": ratios(lat["latency"])}
-        write_json(out / "bench.json", {"results": results, "config": {"batches": cfg.batches, "rounds": cfg.rounds,
-                                                                       "warmup": cfg.warmup}})
+        write_json(out / "bench.json", {"results": {**old, **results},
+                                        "config": {"batches": cfg.batches, "rounds": cfg.rounds,
+                                                   "warmup": cfg.warmup, "threads": cfg.threads}})
     print(tables(results))
     for name, r in results.items():
         agr = r.get("torchvision_agreement")
