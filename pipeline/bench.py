@@ -402,8 +402,15 @@ def main(argv=None) -> int:
     old = read_json(out / "bench.json")["results"] if args.reuse and (out / "bench.json").exists() else {}
     results = {}
     for bm in models:
+        report = ModelDir.of(out, bm.name).report
         if bm.name in old:
             conv, plain = old[bm.name]["convert"], old[bm.name]["plain"]
+        elif args.reuse and report.exists() and read_json(report)["status"] == "ok":
+            rep = read_json(report)
+            conv = {"wall_seconds": None, "stages": rep["stages"], "status": rep["status"],
+                    "max_abs_err": rep.get("max_abs_err")}
+            plain = ({"skipped": "--no-plain"} if args.no_plain
+                     else convert_plain(bm, out / "plain", cfg.plain_rss_cap_mb))
         else:
             print(f"== {bm.name}: converting", flush=True)
             conv = convert_pipeline(bm, out)
