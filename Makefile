@@ -13,7 +13,7 @@ ARG_MODEL  := $(if $(MODEL),--model '$(MODEL)')
 ARG_CONFIG := $(if $(CONFIG),--config '$(CONFIG)')
 STAGE_ARGS  = $(ARG_MODEL) $(ARG_CONFIG) --out '$(OUT)' $(ARGS)
 
-.PHONY: venv convert export rewrite import compare zoo debug test fuzz clean
+.PHONY: venv convert export rewrite import compare zoo debug bench test fuzz clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,9 @@ zoo: $(STAMP)
 # per-layer comparison at every stage; ARGS=--bisect also cuts out the failing layer
 debug: $(STAMP)
 	$(PY) -m pipeline debug $(STAGE_ARGS)
+# converted models vs Keras/TF, onnxruntime, torchvision; conversion cost vs plain tf2onnx
+bench: $(STAMP)
+	$(PY) -m pipeline.bench --out '$(OUT)/bench' $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)

@@ -7,6 +7,7 @@ and ``export/meta.json`` (input/output names, shapes and dtypes in Keras' layout
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import os
@@ -213,8 +214,31 @@ def _flatten_outputs(result) -> list:
     return [result]
 
 
-def tf2onnx_convert(fn, signature, opset: int, passes=TF2ONNX_PASSES):
-    """tf2onnx on a tf.function, running only ``passes`` of its optimizer."""
+def _numpy2_fix() -> None:
+    """tf2onnx's large-model path calls ``np.product``, which numpy 2 removed."""
+    if not hasattr(np, "product"):
+        np.product = np.prod
+
+
+# Constants at least this big that only feed MatMul's second input (Dense kernels) are held
+# out of TF's grappler and tf2onnx as Placeholders and come back as ONNX initializers: both
+# tools keep several copies of every constant (VGG16: 9 GB for 553 MB of weights).
+HOLD_OUT_BYTES = 4 << 20
+
+
+def tf2onnx_convert(fn, signature, opset: int, passes=TF2ONNX_PASSES, large_model: bool = True):
+    """tf2onnx on a tf.function, running only ``passes`` of its optimizer.
+
+    Returns ``(proto, external)``. With ``large_model`` (the default) tensors over 1 kB
+    are left out of ``proto``: their bytes are in ``external`` (name -> bytes), for
+    ``save_onnx``; the numbers are those of the plain path (same grappler folding).
+    """
+    if not large_model:
+        return _tf2onnx_plain(fn, signature, opset, passes), {}
+    return convert_frozen(freeze(fn, signature), opset, passes)
+
+
+def _tf2onnx_plain(fn, signature, opset: int, passes):
     import tensorflow as tf
     from tf2onnx import optimizer as tf2onnx_optimizer
     from tf2onnx import tf_loader
@@ -233,6 +257,163 @@ def tf2onnx_convert(fn, signature, opset: int, passes=TF2ONNX_PASSES):
                                    input_names=inputs, output_names=outputs, tensors_to_rename=renames,
                                    optimizers=optimizers)
     return proto
+
+
+def freeze(fn, signature) -> dict:
+    """The function frozen by tf2onnx's large-model path, its big MatMul weights held out.
+
+    After this the caller may drop the Keras model: the frozen graph and the held-out
+    bytes are all that ``convert_frozen`` needs.
+    """
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+    from tf2onnx.convert import tensor_names_from_structed
+
+    _numpy2_fix()
+    concrete = fn.get_concrete_function(*signature)
+    # the signature's placeholders only: captured tensors are frozen, not inputs
+    inputs = [t.name for t in concrete.inputs[:len(signature)] if t.dtype != tf.dtypes.resource]
+    outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
+    renames = tensor_names_from_structed(concrete, inputs, outputs)
+    with tf.device("/cpu:0"):
+        graph_def = tf_loader.from_function(concrete, inputs, outputs, large_model=True)
+    held = _hold_out(graph_def)
+    return {"graph_def": graph_def, "held": held, "inputs": inputs, "outputs": outputs, "renames": renames,
+            "name": concrete.name}
+
+
+def _hold_out(graph_def, min_bytes: int | None = None) -> dict:
+    """Turn big Consts read only by MatMul (input 1, maybe through Identity) into Placeholders.
+
+    Returns ``{name: (tf dtype enum, shape, bytes)}``. MatMul is the one consumer where
+    grappler folds nothing into the weight, so holding it out leaves every number as it was.
+    """
+    min_bytes = HOLD_OUT_BYTES if min_bytes is None else min_bytes
+    consumers: dict[str, list] = {}
+    for node in graph_def.node:
+        for i, inp in enumerate(node.input):
+            if not inp.startswith("^"):   # control edges carry no data
+                consumers.setdefault(inp.split(":")[0], []).append((node, i))
+
+    def matmul_only(name: str) -> bool:
+        uses = consumers.get(name, [])
+        return bool(uses) and all((n.op == "MatMul" and i == 1 and not n.attr["transpose_b"].b)
+                                  or (n.op == "Identity" and matmul_only(n.name)) for n, i in uses)
+
+    held = {}
+    for node in graph_def.node:
+        if node.op != "Const" or len(node.attr["value"].tensor.tensor_content) < min_bytes:
+            continue
+        if not matmul_only(node.name):
+            continue
+        t = node.attr["value"].tensor
+        held[node.name] = (node.attr["dtype"].type, [d.size for d in t.tensor_shape.dim], t.tensor_content)
+        shape = t.tensor_shape.__deepcopy__()
+        dtype = node.attr["dtype"].type
+        node.ClearField("attr")
+        node.op = "Placeholder"
+        node.attr["shape"].shape.CopyFrom(shape)
+        node.attr["dtype"].type = dtype
+    return held
+
+
+def convert_frozen(frozen: dict, opset: int, passes=TF2ONNX_PASSES):
+    """grappler (as plain tf2onnx runs it) and tf2onnx on ``freeze``'s result; held weights
+    come back as initializers. Returns ``(proto, external)`` as ``tf2onnx_convert``."""
+    import tensorflow as tf
+    from onnx import TensorProto, helper
+    from tf2onnx import optimizer as tf2onnx_optimizer
+    from tf2onnx.convert import _convert_common
+
+    held = frozen.pop("held")
+    held_inputs = [f"{n}:0" for n in held]
+    inputs = frozen["inputs"] + held_inputs
+    optimizers = OrderedDict((k, v) for k, v in tf2onnx_optimizer._get_optimizers().items() if k in passes)
+    with tf.device("/cpu:0"):
+        graph_def = _grappler(frozen.pop("graph_def"), inputs, frozen["outputs"])
+        proto, storage = _convert_common(graph_def, name=frozen["name"], continue_on_error=False, opset=opset,
+                                         input_names=inputs, output_names=frozen["outputs"],
+                                         tensors_to_rename=frozen["renames"], optimizers=optimizers,
+                                         large_model=True)
+    del graph_def
+    external = storage.name_to_tensor_data
+    graph_inputs = {i.name: i for i in proto.graph.input}
+    for name, (dtype, shape, data) in held.items():
+        value = graph_inputs.get(f"{name}:0")
+        if value is None:
+            raise PipelineError("export", f"held-out weight {name!r} is not an input of tf2onnx's graph",
+                                layer=name)
+        proto.graph.input.remove(value)
+        key = f"held:{name}"
+        tensor = TensorProto(name=value.name, dims=shape,
+                             data_type=helper.np_dtype_to_tensor_dtype(np.dtype(tf.as_dtype(dtype).as_numpy_dtype)),
+                             data_location=TensorProto.EXTERNAL)
+        e = tensor.external_data.add()
+        e.key, e.value = "location", key
+        proto.graph.initializer.append(tensor)
+        external[key] = data
+    return proto, external
+
+
+def _grappler(graph_def, inputs, outputs):
+    """TF's grappler, as plain tf2onnx runs it, on a graph frozen by the large-model path.
+
+    The same grappler passes (so the same folded numbers) as ``from_function`` without
+    ``large_model``, which skips them and leaves e.g. batch-norm scales unfolded.
+    """
+    import tensorflow as tf
+    from tf2onnx import tf_loader
+
+    with tf.Graph().as_default():
+        return tf_loader.tf_optimize(inputs, outputs, graph_def)
+
+
+def _external_tensors(proto):
+    """Every TensorProto of ``proto`` (initializers, Constant values, subgraphs) stored externally."""
+    from onnx import TensorProto
+
+    def graph_tensors(g):
+        yield from g.initializer
+        for node in g.node:
+            for a in node.attribute:
+                if a.HasField("t"):
+                    yield a.t
+                yield from a.tensors
+                if a.HasField("g"):
+                    yield from graph_tensors(a.g)
+                for sub in a.graphs:
+                    yield from graph_tensors(sub)
+
+    return [t for t in graph_tensors(proto.graph) if t.data_location == TensorProto.EXTERNAL]
+
+
+def save_onnx(proto, external: dict, path: Path) -> None:
+    """Write ``path`` and, when there are external tensors, ``path`` + ``.data`` beside it.
+
+    The data file holds every external tensor once, 16-byte aligned; each tensor points
+    at it by a bare file name (so the pair stays loadable wherever the folder moves).
+    """
+    import onnx
+
+    tensors = _external_tensors(proto)
+    if not tensors:
+        onnx.save(proto, path)
+        return
+    data_name = path.name + ".data"
+    with open(path.parent / data_name, "wb") as f:
+        for t in tensors:
+            entries = {e.key: e.value for e in t.external_data}
+            blob = external.pop(entries["location"])
+            pad = -f.tell() % 16
+            f.write(b"\0" * pad)
+            offset = f.tell()
+            f.write(blob)
+            del t.external_data[:]
+            for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(len(blob)))):
+                e = t.external_data.add()
+                e.key, e.value = k, v
+            del blob
+    onnx.save(proto, path)
 
 
 def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False) -> dict:
@@ -279,7 +460,14 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
                             "this is the model, not the conversion", model=spec.name, kind="keras-nonfinite",
                             hint="check the model's weights, or change seed in the config")
     try:
-        proto = tf2onnx_convert(fn, signature, settings.opset)
+        frozen = freeze(fn, signature)
+        layers = _layers(model)
+        params = int(model.count_params()) if hasattr(model, "count_params") else None
+        if not per_layer and not _may_unroll(model):
+            model = None   # the Keras weights are no longer needed: the frozen graph has them
+            gc.collect()
+        proto, external = convert_frozen(frozen, settings.opset)
+        del frozen
     except Exception as e:
         raise PipelineError("export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name) from e
     unrolled = _unroll_if_loop(proto, model)
@@ -287,7 +475,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         model, rnn_names = unrolled
         fn = tf.function(call, input_signature=signature, autograph=False)   # ``call`` now sees the copy
         try:
-            proto = tf2onnx_convert(fn, signature, settings.opset)
+            proto, external = tf2onnx_convert(fn, signature, settings.opset)
         except Exception as e:
             raise PipelineError("export", f"tf2onnx failed on the unrolled recurrent layers {rnn_names}: "
                                 f"{type(e).__name__}: {e}", model=spec.name) from e
@@ -302,15 +490,17 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         "settings": settings.to_json(),
         "inputs": [{"name": n, "shape": s, "dtype": str(d)} for n, s, d in specs],
         "outputs": [{"name": k, "shape": [None, *ref[k].shape[1:]], "dtype": str(ref[k].dtype)} for k in onnx_outputs],
-        "keras_layers": _layers(model),
-        "params": int(model.count_params()) if hasattr(model, "count_params") else None,
+        "keras_layers": layers,
+        "params": params,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
                      "onnx": onnx.__version__, "numpy": np.__version__},
         "tf2onnx_passes": list(TF2ONNX_PASSES),
+        "tf2onnx_large_model": True,
         "unrolled_recurrent": unrolled[1] if unrolled else [],
     }
     with atomic_dir(mdir.stage("export")) as d:
-        onnx.save(proto, d / "raw.onnx")
+        save_onnx(proto, external, d / "raw.onnx")
+        del proto, external
         np.savez(d / "reference.npz", **{f"input:{k}": v for k, v in feeds.items()},
                  **{f"output:{k}": v for k, v in ref.items()})
         record = {"stage": "export", **clock.record()}
@@ -321,11 +511,18 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
     return record
 
 
+def _may_unroll(model) -> bool:
+    """Whether the model has recurrent layers (that tf2onnx may write as a Loop)."""
+    from pipeline import recurrent
+
+    return not isinstance(model, _SavedModelSignature) and bool(recurrent.recurrent_layers(model))
+
+
 def _unroll_if_loop(proto, model):
     """(an unrolled copy of ``model``, its recurrent layers) when tf2onnx wrote a Loop."""
     from pipeline import recurrent
 
-    if isinstance(model, _SavedModelSignature) or not any(n.op_type == "Loop" for n in proto.graph.node):
+    if model is None or isinstance(model, _SavedModelSignature) or not any(n.op_type == "Loop" for n in proto.graph.node):
         return None
     names = recurrent.recurrent_layers(model)
     return (recurrent.unrolled(model), names) if names else None

@@ -120,16 +120,27 @@ def fold_for_torch(model: ir.Model, settings: Settings) -> list[str]:
     return folded
 
 
+def _save(model: ir.Model, path: Path, external: bool) -> None:
+    """Write ``path`` (with its weights in ``path`` + ``.data`` when ``external``) and check it.
+
+    onnx_ir streams lazily loaded tensors into the file: no second copy of the weights.
+    """
+    try:
+        ir.save(model, path, external_data=path.name + ".data" if external else None)
+        onnx.checker.check_model(str(path))
+    except Exception as e:
+        raise PipelineError("rewrite", f"{path.name} is not a valid ONNX model: {type(e).__name__}: {e}") from e
+
+
 def run(mdir: ModelDir, settings: Settings) -> dict:
     clock = StageClock()
     src = mdir.require("export", "raw.onnx", "meta.json")
     meta = read_json(src / "meta.json")
     check_onnx(src / "raw.onnx", "rewrite", meta["model"])
+    external = (src / "raw.onnx.data").exists()   # a big model: keep the weights out of the protos
     try:
         model, facts = rewrite_file(src / "raw.onnx", settings)
         n_left = len(facts["remaining"])
-        proto = ir.serde.serialize_model(model)
-        onnx.checker.check_model(proto)
     except PipelineError as e:
         e.info.model = e.info.model or meta["model"]
         raise
@@ -137,11 +148,9 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         raise PipelineError("rewrite", f"{type(e).__name__}: {e}", model=meta["model"]) from e
     facts["transposes"] = n_left
     with atomic_dir(mdir.stage("rewrite")) as d:
-        onnx.save(proto, d / "nchw.onnx")
-        del proto
+        _save(model, d / "nchw.onnx", external)
         folded = fold_for_torch(model, settings)
-        torch_proto = ir.serde.serialize_model(model)
-        onnx.save(torch_proto, d / "torch.onnx")
+        _save(model, d / "torch.onnx", external)
         facts["folded_into_dense"] = folded
         facts["transposes_torch"] = len(layout.transposes(model.graph))
         record = {"stage": "rewrite", **clock.record()}

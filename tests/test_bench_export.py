@@ -1,0 +1,66 @@
+"""The bounded-memory export path (tf2onnx's large-model path, Dense kernels held out,
+external data) and the benchmark machinery, on small models only."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import ENV, REPO, TESTS
+
+
+def _ort(path, feeds):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {i.name: feeds[i.name] for i in sess.get_inputs()})
+
+
+@pytest.mark.parametrize("builder", ["conv2d_flatten_dense", "multi_io"], ids=["conv2d-bn-dense", "multi-io"])
+def test_large_model_path_is_bit_identical_to_plain_tf2onnx(tmp_path, builder):
+    proc = subprocess.run([sys.executable, str(TESTS / "export_paths.py"), builder, str(tmp_path), "256"],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "held ['" in proc.stdout, proc.stdout   # at least one Dense kernel went around grappler/tf2onnx
+    large = tmp_path / "large" / "raw.onnx"
+    assert (tmp_path / "large" / "raw.onnx.data").is_file()
+    # every external tensor points at the data file beside the model, by a bare name
+    proto = onnx.load(str(large), load_external_data=False)
+    ext = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert ext and {e.value for t in ext for e in t.external_data if e.key == "location"} == {"raw.onnx.data"}
+    onnx.checker.check_model(str(large))
+    with np.load(tmp_path / "inputs.npz") as z:
+        feeds = {k: z[k] for k in z.files}
+    plain, got = _ort(tmp_path / "plain.onnx", feeds), _ort(large, feeds)
+    assert len(plain) == len(got)
+    for a, b in zip(plain, got):
+        np.testing.assert_allclose(b, a, rtol=0, atol=0)   # bit for bit: the same folded weights
+    plain_ops = sorted(n.op_type for n in onnx.load(str(tmp_path / "plain.onnx")).graph.node)
+    assert sorted(n.op_type for n in proto.graph.node) == plain_ops
+
+
+def test_bench_machinery_on_the_default_model(tmp_path):
+    cfg = tmp_path / "bench.toml"
+    cfg.write_text('[bench]\nbatches = [1, 4]\nrounds = { "1" = 3, "4" = 2 }\nwarmup = 1\ncompile = false\n\n'
+                   '[[models]]\nmodel = "default"\nname = "conv1d_flatten_dense"\n')
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--config", str(cfg), "--out", str(tmp_path)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "torch/keras" in proc.stdout and "conv1d_flatten_dense" in proc.stdout
+    res = json.loads((tmp_path / "bench.json").read_text())["results"]["conv1d_flatten_dense"]
+    assert res["convert"]["status"] == "ok"
+    assert set(res["convert"]["stages"]) == {"export", "rewrite", "import", "compare"}
+    for batch, rounds in (("1", 3), ("4", 2)):
+        per = res["latency"][batch]
+        assert set(per) == {"torch", "onnxruntime", "keras"}
+        assert all(v["runs"] == rounds and v["median_s"] > 0 for v in per.values())
+        r = res["ratios"][batch]["torch/keras"]
+        assert r == pytest.approx(per["torch"]["median_s"] / per["keras"]["median_s"], rel=1e-12)
+    plain = res["plain"]
+    assert plain["export"]["ok"] and plain["import"]["ok"], plain
+    assert plain["export"]["peak_rss_mb"] > 0 and plain["import"]["seconds"] > 0
