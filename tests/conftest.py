@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 
+# The tests run torch on the CPU only. Importing triton's native module (torch.compile and
+# torch.export probe for it) crashed the whole pytest process once here with a segfault
+# (see also DESIGN.md on triton); without triton, torch uses its CPU paths, as it would on
+# a machine without it.
+sys.modules.setdefault("triton", None)
+
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
