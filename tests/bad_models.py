@@ -23,3 +23,18 @@ def lstm():
     keras.utils.set_random_seed(1)
     x = keras.Input((6, 3), name="x")
     return keras.Model(x, L.LSTM(4, name="lstm")(x))
+
+
+
+class TopValues(keras.layers.Layer):
+    """The k largest values along the last axis (keras.ops.top_k: an ONNX TopK node)."""
+
+    def call(self, x):
+        return keras.ops.top_k(x, 2)[0]
+
+
+def top_k():
+    """A layer whose ONNX op (TopK) has no PyTorch converter in any stage."""
+    keras.utils.set_random_seed(1)
+    x = keras.Input((6, 3), name="x")
+    return keras.Model(x, TopValues(name="top_values")(L.Dense(5, name="dense")(x)))

@@ -96,14 +96,15 @@ def test_config_cannot_write_outside_out(tmp_path):
 
 
 def test_unsupported_op_names_layer_node_op_and_stage(tmp_path):
-    proc = cli("convert", "--model", "tests/bad_models.py:lstm", "--out", tmp_path, timeout=600)
-    assert_clean_error(proc, tmp_path, "model 'lstm', stage import, layer 'lstm', node 'LSTM__", "(LSTM)",
-                       "onnx2torch has no converter", "add_converter")
-    rep = report(tmp_path, "lstm")
+    proc = cli("convert", "--model", "tests/bad_models.py:top_k", "--out", tmp_path, timeout=600)
+    assert_clean_error(proc, tmp_path, "model 'top_k', stage import, layer 'top_values', node '", "(TopK)",
+                       "no PyTorch converter for ONNX op TopK", '@converter("TopK")')
+    rep = report(tmp_path, "top_k")
     assert rep["status"] == "failed"
-    assert rep["error"]["stage"] == "import" and rep["error"]["op_type"] == "LSTM" and rep["error"]["layer"] == "lstm"
-    assert not (tmp_path / "lstm" / "import").exists()   # the failed stage left nothing
-    assert (tmp_path / "lstm" / "rewrite" / "torch.onnx").is_file()   # the earlier stages are kept
+    assert rep["error"]["stage"] == "import" and rep["error"]["op_type"] == "TopK"
+    assert rep["error"]["layer"] == "top_values"
+    assert not (tmp_path / "top_k" / "import").exists()   # the failed stage left nothing
+    assert (tmp_path / "top_k" / "rewrite" / "torch.onnx").is_file()   # the earlier stages are kept
 
 
 def _assert_converts(proc, out, name):
