@@ -18,13 +18,6 @@ def nan_weights():
     return m
 
 
-def lstm():
-    """An LSTM: tf2onnx writes an ONNX LSTM node, for which onnx2torch has no converter."""
-    keras.utils.set_random_seed(1)
-    x = keras.Input((6, 3), name="x")
-    return keras.Model(x, L.LSTM(4, name="lstm")(x))
-
-
 
 class TopValues(keras.layers.Layer):
     """The k largest values along the last axis (keras.ops.top_k: an ONNX TopK node)."""
