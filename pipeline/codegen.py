@@ -177,7 +177,10 @@ class Gen:
         for _ in range(4):
             nxt = []
             for n in frontier:
-                near = [self.producers.get(i) for i in n.input if i and i not in self.initializers]
+                # a value read by several nodes belongs to none of them in particular (the
+                # rewrite merges equal Transposes of one tensor): no name from its producer
+                near = [self.producers.get(i) for i in n.input
+                        if i and i not in self.initializers and len(self.consumers.get(i, [])) == 1]
                 near += [c for o in n.output for c in self.consumers.get(o, [])]
                 for m in near:
                     if m is None or m.name in seen:
