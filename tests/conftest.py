@@ -33,6 +33,18 @@ def report(out: Path, name: str) -> dict:
     return json.loads((Path(out) / name / "report.json").read_text())
 
 
+def assert_ok(proc, out, name, rtol=1e-5, atol=1e-7) -> dict:
+    """The conversion exited 0 with status ok, and every output of every compared stage is
+    within ``rtol * max|Keras| + atol`` (the pipeline's defaults), checked here again."""
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rep = report(out, name)
+    assert rep["status"] == "ok", rep
+    for output, stages in rep["outputs"].items():
+        for stage, r in stages.items():
+            assert r["max_abs_err"] <= rtol * r["scale"] + atol, (output, stage, r)
+    return rep
+
+
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory) -> Path:
     """.keras, tf.keras .h5 and SavedModel files, written once per session."""

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENV, REPO, TESTS, cli, report
+from conftest import ENV, REPO, TESTS, assert_ok, cli, report
 
-RTOL, ATOL = 1e-5, 1e-7
 
 
 def run(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -107,19 +106,10 @@ def test_unsupported_op_names_layer_node_op_and_stage(tmp_path):
     assert (tmp_path / "top_k" / "rewrite" / "torch.onnx").is_file()   # the earlier stages are kept
 
 
-def _assert_converts(proc, out, name):
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rep = report(out, name)
-    assert rep["status"] == "ok", rep
-    for output, stages in rep["outputs"].items():
-        for stage, r in stages.items():
-            assert r["max_abs_err"] <= RTOL * r["scale"] + ATOL, (output, stage, r)
-
-
 def test_custom_object_flag_converts(tmp_path, bad_files):
     proc = cli("convert", "--model", bad_files / "custom.keras", "--out", tmp_path,
                "--custom-object", "tests.custom_layers:ScaleShift", timeout=600)
-    _assert_converts(proc, tmp_path, "custom")
+    assert_ok(proc, tmp_path, "custom")
 
 
 def test_custom_object_config_entry_is_imported(tmp_path, bad_files):
@@ -134,7 +124,7 @@ def test_lambda_converts_with_unsafe(tmp_path, bad_files):
     marker = tmp_path / "lambda-ran"
     proc = run("convert", "--model", bad_files / "lambda.keras", "--out", tmp_path, "--unsafe",
                env={"LAMBDA_MARKER": str(marker)})
-    _assert_converts(proc, tmp_path, "lambda")
+    assert_ok(proc, tmp_path, "lambda")
     assert marker.exists()   # the marker works: the refused cases above did not run the code
     help_text = cli("convert", "--help").stdout
     assert "--unsafe" in help_text and "runs that code" in help_text

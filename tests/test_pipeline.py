@@ -10,21 +10,10 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import ENV, REPO, cli, report
+from conftest import ENV, REPO, assert_ok, cli, report
 from pipeline.artifacts import ModelDir
 from pipeline.config import Settings
 
-RTOL, ATOL = 1e-5, 1e-7   # the pipeline's defaults; parity is max|d| <= RTOL*max|keras| + ATOL
-
-
-def assert_ok(proc, out, name):
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rep = report(out, name)
-    assert rep["status"] == "ok", rep
-    for output, stages in rep["outputs"].items():
-        for stage, r in stages.items():
-            assert r["max_abs_err"] <= RTOL * r["scale"] + ATOL, (output, stage, r)
-    return rep
 
 
 def test_default_model_has_one_transpose_before_flatten(tmp_path):
