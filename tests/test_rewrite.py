@@ -174,9 +174,49 @@ def test_flatten_fold_permutes_dense_rows(op):
     model = ir.serde.deserialize_model(proto)
     facts = to_channels_first(model, ["x"], Settings())
     assert len(layout.transposes(model.graph)) == 1     # nchw.onnx keeps it, for inspection
-    assert fold_for_torch(model, Settings())
+    assert fold_for_torch(model, Settings())["into_dense"]
     assert not layout.transposes(model.graph)
     assert close(ref, run_ort(ir.serde.serialize_model(model), inputs_for(facts, {"x": x}))["y"])
+
+
+# -- per-channel Mul/Add after a Conv (an unfolded batch norm) folded into the Conv ---------
+AFFINE_CASES = {   # case: (constants after the conv as (op, shape), conv has bias, conv output read twice, folds)
+    "bn_after_depthwise": ([("Mul", (1, C, 1, 1)), ("Add", (C, 1, 1))], True, False, 2),
+    "no_bias": ([("Mul", (C, 1, 1)), ("Add", (1, C, 1, 1))], False, False, 2),
+    "scalar": ([("Mul", ())], True, False, 1),
+    "per_position_not_channel": ([("Mul", (1, 1, H, W))], True, False, 0),
+    "conv_output_read_twice": ([("Mul", (1, C, 1, 1))], True, True, 0),
+}
+
+
+@pytest.mark.parametrize("case", list(AFFINE_CASES))
+def test_affine_folds_into_conv(case):
+    """The folded graph computes the same (rtol 1e-5 of max, atol 1e-6) with fewer nodes."""
+    consts, bias, twice, n_folded = AFFINE_CASES[case]
+    rng = np.random.default_rng(1)
+    inits = [("w", rng.normal(size=(C, 1, 3, 3)).astype(np.float32))]
+    if bias:
+        inits.append(("b", rng.normal(size=(C,)).astype(np.float32)))
+    nodes = [helper.make_node("Conv", ["x", "w"] + (["b"] if bias else []), ["c"], group=C, pads=[1, 1, 1, 1])]
+    prev = "c"
+    for i, (op, shape) in enumerate(consts):
+        inits.append((f"k{i}", rng.uniform(0.5, 2, size=shape).astype(np.float32)))
+        nodes.append(helper.make_node(op, [prev, f"k{i}"], [f"t{i}"]))
+        prev = f"t{i}"
+    nodes.append(helper.make_node("Add", [prev, "c"] if twice else [prev, prev], ["y"]))
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (N, C, H, W))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, (N, C, H, W))],
+                          [_const(k, v) for k, v in inits])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.normal(size=(N, C, H, W)).astype(np.float32)
+    ref = run_ort(proto, {"x": x})["y"]
+    model = ir.serde.deserialize_model(proto)
+    folded = fold_for_torch(model, Settings())["into_conv"]
+    assert len(folded) == n_folded
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("Conv") == 1 and len(ops) == len(nodes) - n_folded
+    got = run_ort(ir.serde.serialize_model(model), {"x": x})["y"]
+    assert np.allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max() + 1e-6)
 
 
 @pytest.mark.parametrize("case", list(RULE_CASES))

@@ -112,12 +112,15 @@ def rewrite_file(raw: Path, settings: Settings) -> tuple[ir.Model, dict]:
     return best[1], best[2]
 
 
-def fold_for_torch(model: ir.Model, settings: Settings) -> list[str]:
-    """In place: each ``Transpose -> Flatten -> MatMul`` folded into the weights (if asked)."""
+def fold_for_torch(model: ir.Model, settings: Settings) -> dict:
+    """In place: each ``Transpose -> Flatten -> MatMul`` folded into the weights (if asked),
+    and constant per-channel ``Mul``/``Add`` after a ``Conv`` folded into its weights and bias.
+    Returns the names of what was folded, by kind."""
     ctx = Ctx(model.graph, _opset(model))
-    folded = passes.fold_flatten_transposes(ctx) if settings.fold_flatten_transpose else []
+    dense = passes.fold_flatten_transposes(ctx) if settings.fold_flatten_transpose else []
+    conv = passes.fold_affine_into_conv(ctx)
     passes.cleanup(model)
-    return folded
+    return {"into_dense": dense, "into_conv": conv}
 
 
 def _save(model: ir.Model, path: Path, external: bool) -> None:
@@ -151,7 +154,8 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         _save(model, d / "nchw.onnx", external)
         folded = fold_for_torch(model, settings)
         _save(model, d / "torch.onnx", external)
-        facts["folded_into_dense"] = folded
+        facts["folded_into_dense"] = folded["into_dense"]
+        facts["folded_into_conv"] = folded["into_conv"]
         facts["transposes_torch"] = len(layout.transposes(model.graph))
         record = {"stage": "rewrite", **clock.record()}
         write_json(d / "rewrite.json", {**facts, "stage": record})

@@ -313,3 +313,59 @@ def fold_flatten_transposes(ctx: Ctx) -> list[str]:
         ctx.remove(t)
         folded.append(t.name)
     return folded
+
+
+def _per_channel(c: np.ndarray, out_rank: int, channels: int) -> np.ndarray | None:
+    """``c`` as a (channels,) vector if it broadcasts along axis 1 of a rank ``out_rank``
+    output only (a scalar included); None otherwise."""
+    if c.ndim > out_rank or not np.issubdtype(c.dtype, np.floating):
+        return None
+    full = c.reshape((1,) * (out_rank - c.ndim) + c.shape)
+    if any(d != 1 for i, d in enumerate(full.shape) if i != 1) or full.shape[1] not in (1, channels):
+        return None
+    return np.broadcast_to(full.reshape(-1), (channels,))
+
+
+def fold_affine_into_conv(ctx: Ctx) -> list[str]:
+    """``Conv(W, b) -> Mul(s)`` / ``-> Add(a)`` with constant per-channel ``s``/``a`` (a batch
+    norm grappler left unfolded, after a depthwise conv): one Conv with ``W·s``, ``b·s + a``.
+    Equal up to float rounding (the product is taken once, on the weights)."""
+    folded = []
+    for node in list(ctx.graph):
+        if node.op_type not in ("Mul", "Add") or node.graph is not ctx.graph or len(node.inputs) != 2:
+            continue
+        for i in (0, 1):
+            conv, c = node.inputs[i].producer(), ctx.const(node.inputs[1 - i])
+            if conv is not None and conv.op_type == "Conv" and c is not None:
+                break
+        else:
+            continue
+        y = conv.outputs[0]
+        if len(list(y.uses())) != 1 or y.is_graph_output() or len(conv.inputs) < 2:
+            continue
+        w = ctx.const(conv.inputs[1])
+        b = ctx.const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
+        if w is None or (len(conv.inputs) > 2 and conv.inputs[2] is not None and b is None):
+            continue
+        v = _per_channel(c, w.ndim, w.shape[0])
+        if v is None or v.dtype != w.dtype:
+            continue
+        b = np.zeros(w.shape[0], w.dtype) if b is None else b
+        if node.op_type == "Mul":
+            w, b = w * v.reshape((-1,) + (1,) * (w.ndim - 1)), b * v
+        else:
+            b = b + v
+        new = ir.node("Conv", [conv.inputs[0], ctx.new_const(w, f"{conv.name}/W_folded"),
+                               ctx.new_const(b.astype(w.dtype, copy=False), f"{conv.name}/B_folded")],
+                      {k: a.value for k, a in conv.attributes.items()}, name=conv.name)
+        ctx.graph.insert_before(node, new)
+        out = node.outputs[0]
+        new.outputs[0].type, new.outputs[0].shape = out.type, out.shape
+        if not out.is_graph_output():   # the layer's output keeps its name (redirect does it for outputs)
+            name, out.name = out.name, ctx.name(out.name)
+            new.outputs[0].name = name
+        ctx.redirect(out, new.outputs[0])
+        ctx.remove(node)
+        ctx.remove(conv)
+        folded.append(node.name)
+    return folded
