@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, keras_layer_of
 
 CONVERTERS: dict[str, Callable] = {}
 
@@ -150,13 +150,7 @@ class Gen:
     # ---- naming -------------------------------------------------------------------------
     def keras_layer(self, node_name: str) -> str | None:
         """The Keras layer a tf2onnx node name comes from (``functional_1/conv_1/...`` -> ``conv``)."""
-        for seg in node_name.split("/"):
-            if seg in self.layers:
-                return seg
-            base = re.sub(r"_\d+$", "", seg)
-            if base in self.layers:
-                return base
-        return None
+        return keras_layer_of(node_name, self.layers)
 
     def unique(self, base: str) -> str:
         base = _identifier(base)

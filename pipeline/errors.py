@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 
@@ -45,3 +46,14 @@ class PipelineError(Exception):
         if i.hint:
             text += f"\n  hint: {i.hint}"
         return text
+
+
+def keras_layer_of(node_name: str, layers) -> str | None:
+    """The Keras layer a tf2onnx node name comes from (``functional_1/conv_1/...`` -> ``conv``)."""
+    for seg in node_name.split("/"):
+        if seg in layers:
+            return seg
+        base = re.sub(r"_\d+$", "", seg)
+        if base in layers:
+            return base
+    return None

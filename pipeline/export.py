@@ -7,6 +7,7 @@ and ``export/meta.json`` (input/output names, shapes and dtypes in Keras' layout
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import importlib.util
@@ -21,7 +22,7 @@ import numpy as np
 from pipeline import modelfile
 from pipeline.artifacts import ModelDir, StageClock, atomic_dir, write_json
 from pipeline.config import Settings
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, keras_layer_of
 from pipeline.spec import ModelSpec
 
 # tf2onnx passes we keep. Its transpose optimizer is left out on purpose: the rewrite
@@ -244,7 +245,8 @@ def _tf2onnx_plain(fn, signature, opset: int, passes):
     from tf2onnx import tf_loader
     from tf2onnx.convert import _convert_common, tensor_names_from_structed
 
-    concrete = fn.get_concrete_function(*signature)
+    with _xla_functions_inlined():
+        concrete = fn.get_concrete_function(*signature)
     # the signature's placeholders only: tensors the function captures (Keras'
     # Normalization statistics, constants built with keras.ops) are frozen, not inputs
     inputs = [t.name for t in concrete.inputs[:len(signature)] if t.dtype != tf.dtypes.resource]
@@ -259,6 +261,50 @@ def _tf2onnx_plain(fn, signature, opset: int, passes):
     return proto
 
 
+@contextlib.contextmanager
+def _xla_functions_inlined():
+    """While tracing for tf2onnx: ``tf.function(jit_compile=True)`` traces its body inline.
+
+    Keras' TF backend runs grouped convolutions (ConvNeXt's depthwise 7x7) through an
+    XLA-compiled inner function, which freezing keeps as an opaque StatefulPartitionedCall
+    that tf2onnx cannot convert; inline, it is a plain Conv2D with groups. The trace must be
+    a fresh one (a ``tf.function`` already traced keeps its cached graph)."""
+    import tensorflow as tf
+
+    original = tf.function
+
+    def function(func=None, **kwargs):
+        if kwargs.get("jit_compile"):
+            return (lambda f: f) if func is None else func
+        return original(func, **kwargs) if func is not None else original(**kwargs)
+
+    tf.function = function
+    try:
+        yield
+    finally:
+        tf.function = original
+
+
+def _erfc_as_erf(graph_def) -> int:
+    """Each ``Erfc(x)`` (exact GELU in TF) becomes ``1 - Erf(x)``, which tf2onnx converts."""
+    import tensorflow as tf
+
+    found = [n for n in graph_def.node if n.op == "Erfc"]
+    for n in found:
+        dtype = tf.as_dtype(n.attr["T"].type).as_numpy_dtype
+        erf, one = graph_def.node.add(), graph_def.node.add()
+        erf.name, erf.op = f"{n.name}/erf", "Erf"
+        erf.input.extend(n.input)
+        erf.attr["T"].CopyFrom(n.attr["T"])
+        one.name, one.op = f"{n.name}/one", "Const"
+        one.attr["dtype"].type = n.attr["T"].type
+        one.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(np.array(1, dtype)))
+        n.op = "Sub"
+        del n.input[:]
+        n.input.extend([one.name, erf.name])
+    return len(found)
+
+
 def freeze(fn, signature) -> dict:
     """The function frozen by tf2onnx's large-model path, its big MatMul weights held out.
 
@@ -270,13 +316,15 @@ def freeze(fn, signature) -> dict:
     from tf2onnx.convert import tensor_names_from_structed
 
     _numpy2_fix()
-    concrete = fn.get_concrete_function(*signature)
+    with _xla_functions_inlined():
+        concrete = fn.get_concrete_function(*signature)
     # the signature's placeholders only: captured tensors are frozen, not inputs
     inputs = [t.name for t in concrete.inputs[:len(signature)] if t.dtype != tf.dtypes.resource]
     outputs = [t.name for t in concrete.outputs if t.dtype != tf.dtypes.resource]
     renames = tensor_names_from_structed(concrete, inputs, outputs)
     with tf.device("/cpu:0"):
         graph_def = tf_loader.from_function(concrete, inputs, outputs, large_model=True)
+    _erfc_as_erf(graph_def)
     held = _hold_out(graph_def)
     return {"graph_def": graph_def, "held": held, "inputs": inputs, "outputs": outputs, "renames": renames,
             "name": concrete.name}
@@ -353,6 +401,27 @@ def convert_frozen(frozen: dict, opset: int, passes=TF2ONNX_PASSES):
         proto.graph.initializer.append(tensor)
         external[key] = data
     return proto, external
+
+
+def _check_converted(proto, model_name: str, layers: list[dict]) -> None:
+    """tf2onnx leaves a TF op it has no converter for in the graph, as is: name the first."""
+    import onnx
+
+    def nodes(g):
+        for n in g.node:
+            yield n
+            for a in n.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from nodes(sub)
+
+    bad = [n for n in nodes(proto.graph) if n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type)]
+    if bad:
+        n = bad[0]
+        layer = keras_layer_of(n.name, {l["name"] for l in layers})
+        raise PipelineError("export", f"tf2onnx has no converter for TensorFlow op {n.op_type!r} (node {n.name!r}); "
+                            f"{len(bad)} such node(s): {sorted({b.op_type for b in bad})}", model=model_name,
+                            layer=layer, op_type=n.op_type, kind="unsupported-op",
+                            hint="rewrite the layer with supported ops, or report the op")
 
 
 def _grappler(graph_def, inputs, outputs):
@@ -459,8 +528,8 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         raise PipelineError("export", f"Keras' own outputs {bad} contain NaN or inf on the seeded reference inputs; "
                             "this is the model, not the conversion", model=spec.name, kind="keras-nonfinite",
                             hint="check the model's weights, or change seed in the config")
-    try:
-        frozen = freeze(fn, signature)
+    try:   # a fresh trace for tf2onnx (see _xla_functions_inlined); ``fn`` ran the reference
+        frozen = freeze(tf.function(call, input_signature=signature, autograph=False), signature)
         layers = _layers(model)
         params = int(model.count_params()) if hasattr(model, "count_params") else None
         if not per_layer and not _may_unroll(model):
@@ -470,6 +539,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         del frozen
     except Exception as e:
         raise PipelineError("export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name) from e
+    _check_converted(proto, spec.name, layers)
     unrolled = _unroll_if_loop(proto, model)
     if unrolled:   # recurrent layers came out as an ONNX Loop: convert them unrolled (see recurrent.py)
         model, rnn_names = unrolled

@@ -31,3 +31,17 @@ def top_k():
     keras.utils.set_random_seed(1)
     x = keras.Input((6, 3), name="x")
     return keras.Model(x, TopValues(name="top_values")(L.Dense(5, name="dense")(x)))
+
+
+class InverseErf(keras.layers.Layer):
+    """keras.ops.erfinv: the TensorFlow op Erfinv, which tf2onnx cannot convert."""
+
+    def call(self, x):
+        return keras.ops.erfinv(keras.ops.tanh(x))
+
+
+def erfinv():
+    """A layer whose TensorFlow op has no ONNX converter in tf2onnx."""
+    keras.utils.set_random_seed(1)
+    x = keras.Input((6,), name="x")
+    return keras.Model(x, L.Dense(2, name="head")(InverseErf(name="inverse_erf")(L.Dense(5, name="dense")(x))))

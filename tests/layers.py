@@ -71,6 +71,10 @@ for axis in (-1, 1, 2):
 layer("concat_axis3_rank5", lambda: _model(3, lambda y: L.Concatenate(axis=3)([y, L.Conv3D(4, 1)(y)]), "concat"))
 layer("softmax_axis1_rank3", lambda: _model(1, lambda y: L.Softmax(axis=1)(y), "softmax"))
 
+# Keras' TF backend runs grouped convs through an XLA-compiled function (ConvNeXt); exact GELU uses Erfc
+layer("grouped_conv2d", lambda: _model(2, lambda y: L.Conv2D(6, 3, groups=2)(y), "gconv"))
+layer("grouped_conv1d", lambda: _model(1, lambda y: L.Conv1D(6, 3, groups=2)(y), "gconv"))
+layer("gelu_exact", lambda: _model(2, lambda y: L.Activation("gelu")(y), "gelu"))
 layer("batchnorm", lambda: _model(2, lambda y: L.BatchNormalization()(y), "bn"))
 layer("batchnorm_axis1", lambda: _model(2, lambda y: L.BatchNormalization(axis=1)(y), "bn"))
 layer("layernorm", lambda: _model(2, lambda y: L.LayerNormalization()(y), "ln"))

@@ -64,6 +64,8 @@ CASES = [
      "conv1d_flatten_dense", ["input shape [10, 10] given for input 'x' does not fit", "['N', 32, 3]"]),
     ("keras-outputs-nan", "repo:tests/bad_models.py:nan_weights", [], "nan_weights",
      ["Keras' own outputs ['dense'] contain NaN or inf", "not the conversion"]),
+    ("tf-op-without-onnx-converter", "repo:tests/bad_models.py:erfinv", [], "erfinv",
+     ["stage export, layer 'inverse_erf'", "tf2onnx has no converter for TensorFlow op 'Erfinv'"]),
     ("unsafe-name-dotdot", "repo:tests/models.py:conv1d_flatten_dense", ["--name", "../escaped"], None,
      ["model name '../escaped' is not a safe folder name"]),
     ("unsafe-name-absolute", "repo:tests/models.py:conv1d_flatten_dense", ["--name", "/tmp/escaped"], None,
