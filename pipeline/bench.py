@@ -93,32 +93,49 @@ def _run_capped(cmd: list[str], cap_mb: int, timeout: float = 3600) -> dict:
     return {"ok": True, "wall_seconds": seconds, **res}
 
 
-def convert_pipeline(bm: BenchModel, out: Path) -> dict:
-    """``python -m pipeline convert`` (one process per stage); its report's stage costs."""
+def convert_pipeline(bm: BenchModel, out: Path, fresh: bool = False) -> dict:
+    """``python -m pipeline convert`` (one process per stage); its report's stage costs.
+
+    Stages whose results under ``out`` are up to date are not redone (unless ``fresh``):
+    then ``reused`` is True and the costs are those of the run that made them."""
     args = [] if bm.model == "default" else ["--model", bm.model]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", *args, "--out", str(out)],
-                          cwd=REPO, env=ENV, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "convert", *args, "--out", str(out),
+                           *(["--force"] if fresh else [])], cwd=REPO, env=ENV, capture_output=True, text=True)
     seconds = round(time.perf_counter() - t0, 1)
     rep = read_json(ModelDir.of(out, bm.name).report)
     if proc.returncode != 0:
         raise SystemExit(f"bench: converting {bm.model} failed ({rep.get('status')}):\n{proc.stderr[-2000:]}")
-    return {"wall_seconds": seconds, "stages": rep["stages"], "status": rep["status"],
+    reused = proc.stdout.count("(up to date, skipped)") == len(rep["stages"])
+    return {"wall_seconds": seconds, "reused": reused, "stages": rep["stages"], "status": rep["status"],
             "max_abs_err": rep.get("max_abs_err")}
 
 
-def convert_plain(bm: BenchModel, out: Path, cap_mb: int) -> dict:
+def _plain_key(bm: BenchModel, cap_mb: int) -> dict:
+    from importlib.metadata import version
+
+    return {"model": bm.model, "cap_mb": cap_mb,
+            **{p: version(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx", "onnx2torch", "torch", "numpy")}}
+
+
+def convert_plain(bm: BenchModel, out: Path, cap_mb: int, fresh: bool = False) -> dict:
     """Plain ``tf2onnx.convert.from_function`` (default optimizers), then ``onnx2torch.convert``,
-    each in its own process, as a user would chain them."""
+    each in its own process, as a user would chain them. A result measured before with the
+    same model, cap and package versions is reused (``reused``: True) unless ``fresh``."""
     if not bm.plain:
         return {"skipped": bm.plain_skip_reason or "disabled in the bench config"}
     path = out / bm.name / "plain.onnx"
+    record, key = out / bm.name / "plain.json", _plain_key(bm, cap_mb)
+    if not fresh and record.exists() and (old := read_json(record)).get("key") == key:
+        return {**old["result"], "reused": True}
     path.parent.mkdir(parents=True, exist_ok=True)
     exp = _run_capped([sys.executable, "-m", "pipeline.bench", "_plain_export", bm.model, str(path)], cap_mb)
     res = {"export": exp}
     if exp["ok"]:
         res["import"] = _run_capped([sys.executable, "-m", "pipeline.bench", "_plain_import", str(path)], cap_mb)
-    return res
+    path.unlink(missing_ok=True)   # only its cost is wanted; VGG-sized files are not kept
+    write_json(record, {"key": key, "result": res})
+    return {**res, "reused": False}
 
 
 def _peak_rss_mb() -> float:
@@ -304,7 +321,7 @@ def latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
         cands["torchvision"], extra["torchvision_agreement"] = torchvision_twin(mdir, bm.torchvision, module)
     keras = KerasWorker(bm.model, cfg.threads)
     names = [*cands, "onnxruntime", "keras"]
-    result = {}
+    result, warm, t_start = {}, {}, time.perf_counter()
     try:
         for batch in cfg.batches:
             xs = _torch_inputs(mdir, batch)
@@ -314,9 +331,11 @@ def latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
             keras.prepare(batch, cfg.warmup)
             times = {n: [] for n in names}
             with torch.inference_mode():
-                for fn in runs.values():
+                for n, fn in runs.items():
+                    t0 = time.perf_counter()
                     for _ in range(cfg.warmup):
                         fn()
+                    warm[f"{n}@{batch}"] = round(time.perf_counter() - t0, 2)   # compiles happen here
                 rounds = cfg.rounds.get(batch, 3)
                 for r in range(rounds):
                     for k in range(len(names)):
@@ -330,7 +349,8 @@ def latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
             result[batch] = {n: {"median_s": statistics.median(t), "runs": len(t)} for n, t in times.items()}
     finally:
         keras.close()
-    return {"latency": {str(b): v for b, v in result.items()}, **extra}
+    return {"latency": {str(b): v for b, v in result.items()}, "warmup_seconds": warm,
+            "timing_wall_seconds": round(time.perf_counter() - t_start, 1), **extra}
 
 
 # ---------------------------------------------------------------- tables
@@ -370,13 +390,20 @@ def tables(results: dict) -> str:
     for name, r in results.items():
         st = r["convert"]["stages"]
         mine = "  ".join(f"{k} {v['seconds']:.0f}s/{v['peak_rss_mb']:.0f}" for k, v in st.items())
+        mine += " (earlier run)" if r["convert"].get("reused") else ""
         p = r["plain"]
         if "skipped" in p:
             plain = f"skipped: {p['skipped']}"
         else:
             plain = "  ".join(f"{k} " + (f"{v['seconds']:.0f}s/{v['peak_rss_mb']:.0f}" if v["ok"]
-                                        else f"FAILED ({v['error']})") for k, v in p.items())
+                                        else f"FAILED ({v['error']})") for k, v in p.items() if k in ("export", "import"))
+            plain += " (earlier run)" if p.get("reused") else ""
         lines.append(f"{name:<24}{mine:<72}{plain}")
+    lines += ["", "benchmark wall time, seconds: converting (pipeline + plain) / timing (of which warm-up, "
+              "torch.compile included)"]
+    for name, r in results.items():
+        w = r["wall"]
+        lines.append(f"{name:<24}{w['convert_s']:>8.0f} /{w['timing_s']:>6.0f} ({sum(r['warmup_seconds'].values()):.0f})")
     return "\n".join(lines)
 
 
@@ -387,8 +414,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", help="comma-separated names from the config (default: all)")
     p.add_argument("--rounds", help='override rounds per batch size, e.g. "1=20,32=5"')
     p.add_argument("--no-plain", action="store_true", help="skip the plain tf2onnx + onnx2torch conversion")
-    p.add_argument("--reuse", action="store_true",
-                   help="time the models already converted under --out; conversion costs from its bench.json")
+    p.add_argument("--fresh", action="store_true",
+                   help="convert again even where --out holds up-to-date conversions (default: reuse them, "
+                        "with the costs measured when they were made)")
     p.add_argument("--threads", type=int, help="intra-op threads of every candidate (0: framework defaults)")
     args = p.parse_args(argv)
     cfg = load_config(Path(args.config))
@@ -399,28 +427,20 @@ def main(argv=None) -> int:
         cfg = BenchConfig(**{**cfg.__dict__, "threads": args.threads})
     models = [m for m in cfg.models if not args.models or m.name in args.models.split(",")]
     out = Path(args.out)
-    old = read_json(out / "bench.json")["results"] if args.reuse and (out / "bench.json").exists() else {}
-    results = {}
+    results, t_all = {}, time.perf_counter()
     for bm in models:
-        report = ModelDir.of(out, bm.name).report
-        if bm.name in old:
-            conv, plain = old[bm.name]["convert"], old[bm.name]["plain"]
-        elif args.reuse and report.exists() and read_json(report)["status"] == "ok":
-            rep = read_json(report)
-            conv = {"wall_seconds": None, "stages": rep["stages"], "status": rep["status"],
-                    "max_abs_err": rep.get("max_abs_err")}
-            plain = ({"skipped": "--no-plain"} if args.no_plain
-                     else convert_plain(bm, out / "plain", cfg.plain_rss_cap_mb))
-        else:
-            print(f"== {bm.name}: converting", flush=True)
-            conv = convert_pipeline(bm, out)
-            plain = ({"skipped": "--no-plain"} if args.no_plain
-                     else convert_plain(bm, out / "plain", cfg.plain_rss_cap_mb))
+        print(f"== {bm.name}: converting", flush=True)
+        t0 = time.perf_counter()
+        conv = convert_pipeline(bm, out, args.fresh)
+        plain = ({"skipped": "--no-plain"} if args.no_plain
+                 else convert_plain(bm, out / "plain", cfg.plain_rss_cap_mb, args.fresh))
+        convert_s = time.perf_counter() - t0
         print(f"== {bm.name}: timing", flush=True)
         lat = latency(bm, ModelDir.of(out, bm.name), cfg)
         results[bm.name] = {"model": bm.model, "convert": conv, "plain": plain, **lat,
-                            "ratios": ratios(lat["latency"])}
-        write_json(out / "bench.json", {"results": {**old, **results},
+                            "ratios": ratios(lat["latency"]),
+                            "wall": {"convert_s": round(convert_s, 1), "timing_s": lat["timing_wall_seconds"]}}
+        write_json(out / "bench.json", {"results": results, "wall_seconds": round(time.perf_counter() - t_all, 1),
                                         "config": {"batches": cfg.batches, "rounds": cfg.rounds,
                                                    "warmup": cfg.warmup, "threads": cfg.threads}})
     print(tables(results))
@@ -430,7 +450,7 @@ def main(argv=None) -> int:
             print(f"{name}: torchvision with the converted weights: " + (
                 f"max |diff| {agr['max_abs_err']:.3g} <= {agr['tolerance']:.3g}: {'yes' if agr['ok'] else 'NO'}"
                 if agr["checked"] else f"not checked ({agr['reason']})"))
-    print(f"bench.json: {out / 'bench.json'}")
+    print(f"whole benchmark: {time.perf_counter() - t_all:.0f} s; bench.json: {out / 'bench.json'}")
     return 0
 
 

@@ -64,3 +64,15 @@ def test_bench_machinery_on_the_default_model(tmp_path):
     plain = res["plain"]
     assert plain["export"]["ok"] and plain["import"]["ok"], plain
     assert plain["export"]["peak_rss_mb"] > 0 and plain["import"]["seconds"] > 0
+    assert not res["convert"]["reused"] and not plain["reused"]
+    assert res["wall"]["convert_s"] > 0 and res["wall"]["timing_s"] > 0
+
+    # a second run times again but reuses both conversions, with the costs of the first
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--config", str(cfg), "--out", str(tmp_path)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "(earlier run)" in proc.stdout
+    again = json.loads((tmp_path / "bench.json").read_text())["results"]["conv1d_flatten_dense"]
+    assert again["convert"]["reused"] and again["plain"]["reused"]
+    assert again["convert"]["stages"] == res["convert"]["stages"]
+    assert {k: again["plain"][k] for k in ("export", "import")} == {k: plain[k] for k in ("export", "import")}
