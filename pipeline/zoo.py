@@ -496,13 +496,14 @@ class Progress:
             self.running[name] = time.monotonic()
             self._show(f"start {name}")
 
-    def finish(self, name: str, status: str, seconds: float | None = None, skipped: bool = False) -> None:
+    def finish(self, name: str, status: str, seconds: float | None = None, skipped: str | None = None) -> None:
+        """``skipped``: why the model was not run (then ``status`` is its recorded one)."""
         with self.lock:
             self.running.pop(name, None)
             self.counts["skipped" if skipped else status if status in self.counts else "failed"] += 1
             if seconds is not None and not skipped:
                 self.durations.append(seconds)
-            self._show(f"{name}: {'skipped (up to date, ' + status + ')' if skipped else status}"
+            self._show(f"{name}: {f'skipped ({skipped}: {status})' if skipped else status}"
                        + (f" in {seconds:.0f} s" if seconds is not None and not skipped else ""))
 
     def _eta(self) -> str:
@@ -607,9 +608,9 @@ def run_zoo(zoo: Zoo, out: str | Path, *, jobs: int = 0, executor: str = "local"
         rec = up_to_date(out, m.name, fps[m.name])
         selected = only is None or m.name in only
         if rec and not (selected and (force or (retry_failed and rec["status"] == "failed"))):
-            bar.finish(m.name, rec["status"], skipped=True)
+            bar.finish(m.name, rec["status"], skipped="up to date")
         elif not selected:
-            bar.finish(m.name, "pending", skipped=True)
+            bar.finish(m.name, "not run or out of date", skipped="not in --only")
         else:
             todo.append(m)
     lock = threading.Lock()
