@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="keep Keras' channels-last layout at the model outputs")
     common.add_argument("--no-fold", dest="fold_flatten_transpose", action="store_false", default=None,
                         help="keep the runtime Transpose before Flatten in the torch model")
+    common.add_argument("--no-float64-check", dest="float64_check", action="store_false", default=None,
+                        help="judge parity at rtol/atol only, even where Keras' own float32 output is "
+                             "farther than that from the float64 result")
     common.add_argument("--custom-object", dest="custom_objects", action="append",
                         help="register a custom Keras class, as my_pkg.layers:MyLayer (repeatable)")
     common.add_argument("--unsafe", action="store_true", default=None,
@@ -82,6 +85,7 @@ def _settings(args):
                          channels_last_inputs=args.channels_last_inputs,
                          channels_last_outputs=args.channels_last_outputs,
                          fold_flatten_transpose=args.fold_flatten_transpose,
+                         float64_check=args.float64_check,
                          custom_objects=args.custom_objects, unsafe=args.unsafe)
 
 

@@ -11,6 +11,8 @@ candidate always fails. Writes ``compare/compare.json``; the report is built fro
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from pipeline.artifacts import ModelDir, StageClock, atomic_dir, read_json, write_json
@@ -19,6 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.layouts import inputs_for, load_reference, output_to_keras
 
 STAGE_KEYS = ("onnx_raw", "onnx_nchw", "torch", "torch_codegen", "torch_pt2")
+FLOAT64_TIMEOUT_S = 1800
 
 
 def compare_arrays(ref: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> dict:
@@ -49,6 +52,40 @@ def degenerate(name: str, ref: np.ndarray) -> str | None:
 
 def compare_outputs(ref: dict, got: dict, rtol: float, atol: float) -> dict:
     return {k: compare_arrays(ref[k], got.get(k, np.array(np.nan)), rtol, atol) for k in ref}
+
+
+def float32_precision(mdir: ModelDir, ref: dict, results: dict) -> dict:
+    """After a strict mismatch: how far Keras' own float32 output is from exact (float64) math.
+
+    Where that distance is larger than the tolerance, the tolerance asks for more than
+    float32 gives this model (deep random networks amplify rounding): a stage whose
+    outputs are no farther from Keras than Keras is from the float64 result then passes,
+    marked ``float32_precision`` in its result. Updates ``results`` in place; returns what
+    was measured, or why it could not be (see ``pipeline/float64.py``)."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dest = Path(tmp) / "float64.npz"
+        proc = subprocess.run([sys.executable, "-m", "pipeline.float64", str(mdir.root), str(dest)],
+                              capture_output=True, text=True, timeout=FLOAT64_TIMEOUT_S)
+        if proc.returncode != 0 or not dest.exists():
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            why = json.loads(lines[-1])["unavailable"] if lines else (proc.stderr.strip().splitlines() or ["?"])[-1]
+            return {"available": False, "reason": why[:500]}
+        with np.load(dest, allow_pickle=False) as z:
+            exact = {k.split(":", 1)[1]: z[k] for k in z.files}
+    keras_err = {k: float(np.max(np.abs(np.asarray(ref[k], np.float64) - exact[k]))) for k in ref if k in exact}
+    for per in results.values():
+        for k, r in per.items():
+            bound = keras_err.get(k)
+            if r["ok"] or bound is None or r["max_abs_err"] is None or not np.isfinite(r["max_abs_err"]):
+                continue
+            if bound > r["tolerance"] and r["max_abs_err"] <= bound:
+                r["ok"], r["float32_precision"] = True, bound
+    return {"available": True, "keras_vs_float64": keras_err}
 
 
 def run_onnx(path, feeds: dict) -> dict:
@@ -121,11 +158,15 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None) -> dict:
         results["torch_pt2"] = {k: {**compare_arrays(v, np.full_like(v, np.nan), settings.rtol, settings.atol),
                                     "error": missing_pt2} for k, v in ref.items()}
     warnings = [w for k, v in ref.items() if (w := degenerate(k, v))]
+    precision = None
+    if settings.float64_check and not all(r["ok"] for s in results.values() for r in s.values()):
+        precision = float32_precision(mdir, ref, results)
     ok = all(r["ok"] for s in results.values() for r in s.values())
     passed = {s: all(r["ok"] for r in results[s].values()) for s in results}
     summary = {
         "status": "ok" if ok else "mismatch",
         "tolerance": {"rtol": settings.rtol, "atol": settings.atol},
+        "float32_precision": precision,
         "max_abs_err": {s: max((r["max_abs_err"] if r["max_abs_err"] is not None else float("inf"))
                                for r in results[s].values()) for s in results},
         "max_rel_err": {s: max((r["max_rel_err"] if r["max_rel_err"] is not None else float("inf"))
@@ -147,6 +188,12 @@ def table(summary: dict) -> str:
     for name, per in summary["outputs"].items():
         for stage, r in per.items():
             fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
+            verdict = "yes" if r["ok"] else "NO"
+            if r.get("float32_precision") is not None:
+                verdict = f"yes, within Keras' own float32 error {r['float32_precision']:.3g}"
             rows.append(f"{name[:28]:<28} {stage:<13} {fmt(r['max_abs_err']):>12} {fmt(r['max_rel_err']):>12} "
-                        f"{r['tolerance']:>11.3g}  {'yes' if r['ok'] else 'NO'}")
+                        f"{r['tolerance']:>11.3g}  {verdict}")
+    p = summary.get("float32_precision")
+    if p and not p["available"]:
+        rows.append(f"(float64 check of Keras' own precision unavailable: {p['reason']})")
     return "\n".join(rows)

@@ -31,6 +31,8 @@ class Settings:
     fold_flatten_transpose: bool = True  # permute Dense rows instead of a runtime Transpose (torch)
     custom_objects: tuple = ()           # "pkg.module:Name" entries registered when loading
     unsafe: bool = False                 # allow Lambda layers / serialized code (Keras safe_mode off)
+    # after a strict mismatch, judge at Keras' own float32 precision (measured in float64)
+    float64_check: bool = True
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

@@ -30,6 +30,8 @@ def build(mdir: ModelDir, settings=None) -> dict:
     rep["max_rel_err"] = (cmp_ or {}).get("max_rel_err", {})
     rep["passed"] = (cmp_ or {}).get("passed", {})       # per stage: which ports reproduce Keras
     rep["skipped"] = (cmp_ or {}).get("skipped", {})
+    # set where the strict tolerance failed: Keras' own float32 distance from float64 math
+    rep["float32_precision"] = (cmp_ or {}).get("float32_precision")
     if rw:
         rep["transposes"] = rw["transposes"]
         rep["transposes_torch"] = rw.get("transposes_torch")

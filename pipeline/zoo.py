@@ -53,7 +53,7 @@ _MODEL_KEYS = {"model", "name", "input_shape", "time_limit_s", "memory_limit_mb"
 # distributions whose versions change a conversion (looked up without importing them)
 DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow", "keras", "tf-keras", "tf2onnx", "onnx", "onnx-ir", "onnxruntime",
                  "onnx2torch", "torch", "numpy", "safetensors")
-STAGE_KEYS = ("onnx_raw", "onnx_nchw", "torch")
+STAGE_KEYS = ("onnx_raw", "onnx_nchw", "torch", "torch_codegen", "torch_pt2")
 POLL_S = 0.2
 # set on Ctrl-C: running workers are killed and nothing is recorded for them (redone next time)
 _CANCEL = threading.Event()
@@ -378,7 +378,12 @@ def _row(m: ZooModel, out: Path, fp: str) -> dict:
     if status == "ok" and per_layer and per_layer["status"] in ("mismatch", "failed"):
         status = "mismatch"
     err = rep.get("error") or {}
-    if not rep.get("warnings"):
+    precision = rep.get("float32_precision") or {}
+    relaxed = sorted({s for o in (rep.get("outputs") or {}).values() for s, r in o.items()
+                      if r.get("float32_precision") is not None})
+    if relaxed:
+        parity = f"outputs, at Keras' own float32 error (float64 check: {_fmt(max(precision['keras_vs_float64'].values()))})"
+    elif not rep.get("warnings"):
         parity = "outputs"
     elif per_layer and per_layer["status"] != "unavailable":
         parity = "outputs (degenerate) + per-layer"
@@ -390,7 +395,7 @@ def _row(m: ZooModel, out: Path, fp: str) -> dict:
         "transposes": rep.get("transposes"), "transposes_torch": rep.get("transposes_torch"),
         "params": rec.get("params"), "stages": rep.get("stages", {}),
         "seconds": rec.get("seconds"), "peak_rss_mb": rec.get("peak_rss_mb"),
-        "warnings": rep.get("warnings", []), "per_layer": per_layer,
+        "warnings": rep.get("warnings", []), "per_layer": per_layer, "float32_precision": precision or None,
         "error": ({"stage": err.get("stage"), "kind": err.get("kind"), "signal": err.get("signal"),
                    "limit": err.get("limit"), "node": err.get("node"), "op_type": err.get("op_type"),
                    "layer": err.get("layer"),
@@ -426,6 +431,8 @@ def _cells(r: dict) -> list[str]:
         x = r["error"]
         where = ", ".join(f"{k} {x[k]}" for k in ("stage", "layer", "node", "op_type", "signal", "limit") if x.get(k))
         note = f"{where}: {x['first_line']}"
+    elif (r.get("parity") or "").startswith("outputs, at Keras"):
+        note = r["parity"]
     elif r.get("per_layer"):
         note = f"per-layer: {r['per_layer']['status']}"
     elif r.get("warnings"):
@@ -434,7 +441,8 @@ def _cells(r: dict) -> list[str]:
             _fmt(r.get("params")), *st, _fmt(r.get("seconds"), ".0f"), _fmt(r.get("peak_rss_mb"), ".0f"), note]
 
 
-HEADER = ["model", "status", "err onnx_raw", "err onnx_nchw", "err torch", "transposes", "params",
+HEADER = ["model", "status", "err onnx_raw", "err onnx_nchw", "err onnx2torch", "err model.py", "err model.pt2",
+          "transposes", "params",
           *[f"{s} (s / peak MB)" for s in pipeline.STAGES], "total s", "peak MB (tree)", "note"]
 
 

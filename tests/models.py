@@ -102,3 +102,12 @@ def unknown_length_conv1d():
     x = keras.Input((None, 3), name="x")
     y = L.Conv1D(4, 3, name="conv")(x)
     return perturb(keras.Model(x, L.GlobalMaxPooling1D(name="gmp")(y)))
+
+
+def dense_chain():
+    """Dense layers only: exact float64 math on its ONNX graph is easy to compute elsewhere."""
+    _seed()
+    x = keras.Input((16,), name="x")
+    y = L.Dense(64, activation="relu", name="d1")(x)
+    y = L.Dense(64, activation="relu", name="d2")(y)
+    return perturb(keras.Model(x, L.Dense(8, name="out")(y)))

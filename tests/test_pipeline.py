@@ -174,3 +174,53 @@ def test_unknown_dimension_needs_input_shape(tmp_path):
     assert not (tmp_path / "unknown_length_conv1d" / "export").exists()
     proc = cli("convert", "--model", "tests/models.py:unknown_length_conv1d", "--input-shape", "40,3", "--out", tmp_path)
     assert_ok(proc, tmp_path, "unknown_length_conv1d")
+
+
+def _float64_module(raw_onnx, scale: float = 1.0):
+    """A torch stand-in that computes ``raw_onnx`` in float64 (onnxruntime, every tensor cast)."""
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, numpy_helper
+
+    m = onnx.load(str(raw_onnx))
+    for t in m.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+    for v in [*m.graph.input, *m.graph.output, *m.graph.value_info]:
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = TensorProto.DOUBLE
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    class Exact(torch.nn.Module):
+        def forward(self, x):
+            out = sess.run(None, {sess.get_inputs()[0].name: x.numpy().astype(np.float64)})[0]
+            return torch.from_numpy(out * scale)
+
+    return Exact()
+
+
+def test_float32_precision_verdict(tmp_path):
+    """With a tolerance float32 cannot meet (0), a port as close to Keras as Keras is to exact
+    float64 math passes, marked as such; one 1e-3 off still fails."""
+    proc = cli("convert", "--model", "tests/models.py:dense_chain", "--out", tmp_path)
+    assert_ok(proc, tmp_path, "dense_chain")
+    from pipeline import compare
+
+    mdir = ModelDir.of(tmp_path, "dense_chain")
+    raw = mdir.stage("export") / "raw.onnx"
+    exact = _float64_module(raw)
+    res = compare.run(mdir, Settings(rtol=0.0, atol=0.0), torch_module=exact)
+    prec = res["float32_precision"]
+    assert prec["available"], prec
+    r = res["outputs"]["out"]["torch"]
+    # the float64 twin of the Keras model agrees with float64 math on the same weights
+    keras_err = prec["keras_vs_float64"]["out"]
+    assert r["max_abs_err"] == pytest.approx(keras_err, rel=1e-9, abs=1e-12)
+    assert 0 < keras_err < 1e-5 * r["scale"]
+    assert r["ok"] and r["float32_precision"] == keras_err
+    off = compare.run(mdir, Settings(rtol=0.0, atol=0.0), torch_module=_float64_module(raw, 1 + 1e-3))
+    assert not off["outputs"]["out"]["torch"]["ok"] and off["status"] == "mismatch"
+    assert "float32_precision" not in off["outputs"]["out"]["torch"]
+    # a tolerance float32 meets: the float64 check is not run at all
+    strict = compare.run(mdir, Settings())
+    assert strict["status"] == "ok" and strict["float32_precision"] is None
