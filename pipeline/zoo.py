@@ -359,6 +359,10 @@ def _per_layer(cmd: list, env: dict, root: str, mdir: ModelDir) -> dict:
     proc = rec if rec.returncode else subprocess.run([*cmd, "--per-layer"], env=env, cwd=root,
                                                      capture_output=True, text=True)
     (mdir.root / "per_layer.log").write_text(rec.stdout + rec.stderr + proc.stdout + proc.stderr)
+    # every layer's activations (GBs for the large models) were only needed for the comparison,
+    # whose results stay in compare/; `make debug` records them again
+    for f in ("layers.npz", "layers.json"):
+        (mdir.stage("export") / f).unlink(missing_ok=True)
     status = {0: "ok", 1: "mismatch"}.get(proc.returncode, "failed")
     return {"status": status, "exit_code": proc.returncode,
             "message": (proc.stdout + proc.stderr).strip().splitlines()[-1] if (proc.stdout + proc.stderr).strip()
