@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--no-float64-check", dest="float64_check", action="store_false", default=None,
                         help="judge parity at rtol/atol only, even where Keras' own float32 output is "
                              "farther than that from the float64 result")
+    common.add_argument("--calibrate-batchnorm", action="store_true", default=None,
+                        help="set batch norm statistics from the reference inputs first (for random-weight "
+                             "models, whose activations otherwise grow until float32 rounding dominates)")
     common.add_argument("--custom-object", dest="custom_objects", action="append",
                         help="register a custom Keras class, as my_pkg.layers:MyLayer (repeatable)")
     common.add_argument("--unsafe", action="store_true", default=None,
@@ -85,7 +88,7 @@ def _settings(args):
                          channels_last_inputs=args.channels_last_inputs,
                          channels_last_outputs=args.channels_last_outputs,
                          fold_flatten_transpose=args.fold_flatten_transpose,
-                         float64_check=args.float64_check,
+                         float64_check=args.float64_check, calibrate_batchnorm=args.calibrate_batchnorm,
                          custom_objects=args.custom_objects, unsafe=args.unsafe)
 
 

@@ -22,6 +22,7 @@ from pipeline.layouts import inputs_for, load_reference, output_to_keras
 
 STAGE_KEYS = ("onnx_raw", "onnx_nchw", "torch", "torch_codegen", "torch_pt2")
 FLOAT64_TIMEOUT_S = 1800
+FLOAT64_FACTOR = 2.0   # a port may be this many times as far from float64 math as Keras' float32 is
 
 
 def compare_arrays(ref: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> dict:
@@ -54,14 +55,15 @@ def compare_outputs(ref: dict, got: dict, rtol: float, atol: float) -> dict:
     return {k: compare_arrays(ref[k], got.get(k, np.array(np.nan)), rtol, atol) for k in ref}
 
 
-def float32_precision(mdir: ModelDir, ref: dict, results: dict) -> dict:
+def float32_precision(mdir: ModelDir, ref: dict, got: dict, results: dict) -> dict:
     """After a strict mismatch: how far Keras' own float32 output is from exact (float64) math.
 
     Where that distance is larger than the tolerance, the tolerance asks for more than
-    float32 gives this model (deep random networks amplify rounding): a stage whose
-    outputs are no farther from Keras than Keras is from the float64 result then passes,
-    marked ``float32_precision`` in its result. Updates ``results`` in place; returns what
-    was measured, or why it could not be (see ``pipeline/float64.py``)."""
+    float32 gives this model (deep random networks amplify rounding). A stage then passes
+    if its output is at most ``FLOAT64_FACTOR`` times as far from the float64 result as
+    Keras' is: as accurate as Keras, up to float32 rounding of its own; its result gets
+    ``float32_precision`` {keras_vs_float64, stage_vs_float64}. Updates ``results`` in place;
+    returns what was measured, or why it could not be (see ``pipeline/float64.py``)."""
     import json
     import subprocess
     import sys
@@ -77,15 +79,23 @@ def float32_precision(mdir: ModelDir, ref: dict, results: dict) -> dict:
             return {"available": False, "reason": why[:500]}
         with np.load(dest, allow_pickle=False) as z:
             exact = {k.split(":", 1)[1]: z[k] for k in z.files}
-    keras_err = {k: float(np.max(np.abs(np.asarray(ref[k], np.float64) - exact[k]))) for k in ref if k in exact}
-    for per in results.values():
+
+    def dist(a, k):
+        return float(np.max(np.abs(np.asarray(a, np.float64) - exact[k])))
+
+    keras_err = {k: dist(ref[k], k) for k in ref if k in exact and np.shape(ref[k]) == np.shape(exact[k])}
+    stage_err: dict = {}
+    for stage, per in results.items():
         for k, r in per.items():
             bound = keras_err.get(k)
-            if r["ok"] or bound is None or r["max_abs_err"] is None or not np.isfinite(r["max_abs_err"]):
+            out = got.get(stage, {}).get(k)
+            if bound is None or out is None or np.shape(out) != np.shape(exact[k]) or not np.isfinite(out).all():
                 continue
-            if bound > r["tolerance"] and r["max_abs_err"] <= bound:
-                r["ok"], r["float32_precision"] = True, bound
-    return {"available": True, "keras_vs_float64": keras_err}
+            e = stage_err.setdefault(stage, {})[k] = dist(out, k)
+            if not r["ok"] and bound > r["tolerance"] and e <= FLOAT64_FACTOR * bound:
+                r["ok"] = True
+                r["float32_precision"] = {"keras_vs_float64": bound, "stage_vs_float64": e}
+    return {"available": True, "factor": FLOAT64_FACTOR, "keras_vs_float64": keras_err, "stage_vs_float64": stage_err}
 
 
 def run_onnx(path, feeds: dict) -> dict:
@@ -160,7 +170,7 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None) -> dict:
     warnings = [w for k, v in ref.items() if (w := degenerate(k, v))]
     precision = None
     if settings.float64_check and not all(r["ok"] for s in results.values() for r in s.values()):
-        precision = float32_precision(mdir, ref, results)
+        precision = float32_precision(mdir, ref, got, results)
     ok = all(r["ok"] for s in results.values() for r in s.values())
     passed = {s: all(r["ok"] for r in results[s].values()) for s in results}
     summary = {
@@ -190,7 +200,9 @@ def table(summary: dict) -> str:
             fmt = lambda v: "n/a" if v is None else f"{v:.3g}"  # noqa: E731
             verdict = "yes" if r["ok"] else "NO"
             if r.get("float32_precision") is not None:
-                verdict = f"yes, within Keras' own float32 error {r['float32_precision']:.3g}"
+                p = r["float32_precision"]
+                verdict = (f"yes, as accurate as Keras: {p['stage_vs_float64']:.3g} from float64 math, "
+                           f"Keras {p['keras_vs_float64']:.3g}")
             rows.append(f"{name[:28]:<28} {stage:<13} {fmt(r['max_abs_err']):>12} {fmt(r['max_rel_err']):>12} "
                         f"{r['tolerance']:>11.3g}  {verdict}")
     p = summary.get("float32_precision")

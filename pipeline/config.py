@@ -33,6 +33,8 @@ class Settings:
     unsafe: bool = False                 # allow Lambda layers / serialized code (Keras safe_mode off)
     # after a strict mismatch, judge at Keras' own float32 precision (measured in float64)
     float64_check: bool = True
+    # batch norm statistics from the reference inputs (random-weight models: see export.calibrate_batchnorm)
+    calibrate_batchnorm: bool = False
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)

@@ -52,7 +52,41 @@ def _custom_objects(settings: Settings, model: str) -> dict:
 
 
 def load_model(spec: ModelSpec, settings: Settings):
-    """The Keras (or tf.keras) model, or a SavedModel signature, named by ``spec``."""
+    """The Keras (or tf.keras) model, or a SavedModel signature, named by ``spec``; with
+    ``settings.calibrate_batchnorm``, its batch norms' statistics set from the reference
+    inputs (the same every time: seeded)."""
+    model = _load_model(spec, settings)
+    if settings.calibrate_batchnorm and not isinstance(model, _SavedModelSignature):
+        calibrate_batchnorm(model, reference_inputs(_input_specs(model, settings, spec.name), model, settings))
+    return model
+
+
+def calibrate_batchnorm(model, feeds: dict) -> int:
+    """Set every BatchNormalization's moving mean and variance to the statistics of its input
+    on ``feeds`` (one training-mode call with momentum 0); returns how many were set.
+
+    For models with random weights (``weights=None``): batch norms then normalise as trained
+    ones do, where their initial statistics (0, 1) let activations grow layer after layer
+    until float32 rounding dominates the outputs (EfficientNetV2L's logits: 2e10, and Keras'
+    own float32 result as far from the float64 one as the logits are large)."""
+    import keras
+
+    bns = [l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    if not bns:
+        return 0
+    momenta = [l.momentum for l in bns]
+    for l in bns:
+        l.momentum = 0.0
+    xs = list(feeds.values())
+    try:
+        model(xs if len(xs) > 1 else xs[0], training=True)
+    finally:
+        for l, m in zip(bns, momenta):
+            l.momentum = m
+    return len(bns)
+
+
+def _load_model(spec: ModelSpec, settings: Settings):
     import keras
 
     keras.utils.set_random_seed(settings.seed)

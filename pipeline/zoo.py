@@ -386,7 +386,9 @@ def _row(m: ZooModel, out: Path, fp: str) -> dict:
     relaxed = sorted({s for o in (rep.get("outputs") or {}).values() for s, r in o.items()
                       if r.get("float32_precision") is not None})
     if relaxed:
-        parity = f"outputs, at Keras' own float32 error (float64 check: {_fmt(max(precision['keras_vs_float64'].values()))})"
+        parity = ("outputs, as accurate as Keras (float64 check: Keras "
+                  f"{_fmt(max(precision['keras_vs_float64'].values()))} from exact, ports "
+                  f"<= {_fmt(max(e for st in relaxed for e in precision['stage_vs_float64'][st].values()))})")
     elif not rep.get("warnings"):
         parity = "outputs"
     elif per_layer and per_layer["status"] != "unavailable":
@@ -435,7 +437,7 @@ def _cells(r: dict) -> list[str]:
         x = r["error"]
         where = ", ".join(f"{k} {x[k]}" for k in ("stage", "layer", "node", "op_type", "signal", "limit") if x.get(k))
         note = f"{where}: {x['first_line']}"
-    elif (r.get("parity") or "").startswith("outputs, at Keras"):
+    elif (r.get("parity") or "").startswith("outputs, as accurate as Keras"):
         note = r["parity"]
     elif r.get("per_layer"):
         note = f"per-layer: {r['per_layer']['status']}"

@@ -111,3 +111,11 @@ def dense_chain():
     y = L.Dense(64, activation="relu", name="d1")(x)
     y = L.Dense(64, activation="relu", name="d2")(y)
     return perturb(keras.Model(x, L.Dense(8, name="out")(y)))
+
+
+def conv_bn_out():
+    """A batch norm (no scale, no offset) as the output: its statistics decide the numbers."""
+    _seed()
+    x = keras.Input((10, 8, 3), name="x")
+    y = L.Conv2D(4, 3, name="conv")(x)
+    return perturb(keras.Model(x, L.BatchNormalization(center=False, scale=False, name="bn")(y)))
