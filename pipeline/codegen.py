@@ -914,17 +914,20 @@ def _bias_after(gen: Gen, node, out_channels: int, spatial: int | None):
     return (add, c.reshape(-1)) if ok else None
 
 
-@converter("Conv")
-def _conv(gen: Gen, node):
+def _conv_geometry(gen: Gen, node):
+    """(attributes, constant kernel, spatial rank, kernel size, strides, dilations, groups)."""
     a = _attrs(node)
     w = gen.const(node.input[1])
     if w is None:
-        raise Unsupported("a Conv with a computed (non-constant) kernel")
+        raise Unsupported(f"a {node.op_type} with a computed (non-constant) kernel")
     n = w.ndim - 2
-    kernel = list(w.shape[2:])
-    strides = list(a.get("strides", [1] * n))
-    dil = list(a.get("dilations", [1] * n))
-    groups = a.get("group", 1)
+    return (a, w, n, list(w.shape[2:]), list(a.get("strides", [1] * n)), list(a.get("dilations", [1] * n)),
+            a.get("group", 1))
+
+
+@converter("Conv")
+def _conv(gen: Gen, node):
+    a, w, n, kernel, strides, dil, groups = _conv_geometry(gen, node)
     pads = spatial_pads(gen, node, kernel, strides, dil)
     bias = gen.const(node.input[2]) if len(node.input) > 2 and node.input[2] else None
     fused = None
@@ -954,15 +957,7 @@ def _conv(gen: Gen, node):
 
 @converter("ConvTranspose")
 def _conv_transpose(gen: Gen, node):
-    a = _attrs(node)
-    w = gen.const(node.input[1])
-    if w is None:
-        raise Unsupported("a ConvTranspose with a computed kernel")
-    n = w.ndim - 2
-    kernel = list(w.shape[2:])
-    strides = list(a.get("strides", [1] * n))
-    dil = list(a.get("dilations", [1] * n))
-    groups = a.get("group", 1)
+    a, w, n, kernel, strides, dil, groups = _conv_geometry(gen, node)
     out_pad = list(a.get("output_padding", [0] * n))
     auto = a.get("auto_pad", "NOTSET") or "NOTSET"
     if "output_shape" in a or auto.startswith("SAME"):

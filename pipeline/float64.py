@@ -47,10 +47,9 @@ def float64_twin(model):
     """A copy of the functional/sequential Keras 3 ``model`` computing in float64."""
     import keras
 
-    if type(model).__module__.startswith("tf_keras") or not isinstance(model, keras.Model):
-        raise Unavailable(f"{type(model).__name__} is not a Keras 3 model")
-    if type(model) not in (keras.Model, keras.Sequential) and type(model).__name__ not in ("Functional", "Sequential"):
-        raise Unavailable(f"subclassed model {type(model).__name__}: no config to rebuild it from")
+    if not isinstance(model, keras.Model) or type(model).__name__ not in ("Functional", "Sequential"):
+        raise Unavailable(f"{type(model).__module__}.{type(model).__name__} is not a Keras 3 functional or "
+                          "sequential model: no config to rebuild it in float64 from")
     twin = type(model).from_config(_as_float64(model.get_config()))
     weights = model.get_weights()
     twin.set_weights([w.astype(np.float64) if np.issubdtype(w.dtype, np.floating) else w for w in weights])

@@ -39,6 +39,7 @@ import psutil
 
 import pipeline
 from pipeline.artifacts import ModelDir, check_model_name, read_json, write_json
+from pipeline.compare import STAGE_KEYS
 from pipeline.config import load_settings, parse_shape
 from pipeline.errors import PipelineError
 from pipeline.spec import resolve
@@ -53,7 +54,6 @@ _MODEL_KEYS = {"model", "name", "input_shape", "time_limit_s", "memory_limit_mb"
 # distributions whose versions change a conversion (looked up without importing them)
 DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow", "keras", "tf-keras", "tf2onnx", "onnx", "onnx-ir", "onnxruntime",
                  "onnx2torch", "torch", "numpy", "safetensors")
-STAGE_KEYS = ("onnx_raw", "onnx_nchw", "torch", "torch_codegen", "torch_pt2")
 POLL_S = 0.2
 # set on Ctrl-C: running workers are killed and nothing is recorded for them (redone next time)
 _CANCEL = threading.Event()

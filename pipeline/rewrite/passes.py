@@ -344,8 +344,9 @@ def fold_affine_into_conv(ctx: Ctx) -> list[str]:
         if len(list(y.uses())) != 1 or y.is_graph_output() or len(conv.inputs) < 2:
             continue
         w = ctx.const(conv.inputs[1])
-        b = ctx.const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] is not None else None
-        if w is None or (len(conv.inputs) > 2 and conv.inputs[2] is not None and b is None):
+        bias_in = conv.inputs[2] if len(conv.inputs) > 2 else None
+        b = ctx.const(bias_in)   # None for a missing input too
+        if w is None or (bias_in is not None and b is None):
             continue
         v = _per_channel(c, w.ndim, w.shape[0])
         if v is None or v.dtype != w.dtype:
