@@ -19,13 +19,13 @@ import statistics
 import subprocess
 import sys
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.artifacts import ModelDir, read_json, write_json
+from pipeline.config import read_toml
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BENCH = REPO / "configs" / "bench.toml"
@@ -53,7 +53,7 @@ class BenchConfig:
 
 
 def load_config(path: Path) -> BenchConfig:
-    raw = tomllib.loads(Path(path).read_text())
+    raw = read_toml(Path(path), "bench config")
     b = raw.get("bench", {})
     models = [BenchModel(**m) for m in raw.get("models", [])]
     rounds = {int(k): int(v) for k, v in b.get("rounds", {"1": 9, "32": 3}).items()}

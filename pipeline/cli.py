@@ -95,11 +95,7 @@ def _settings(args):
 def _stage(command: str, args) -> int:
     from pipeline import report
 
-    settings = _settings(args)
-    if not settings.model:
-        raise PipelineError("config", "no model given", hint="MODEL=... or model = ... in the config")
-    spec = resolve(settings.model, settings.name)
-    mdir = ModelDir.of(args.out, spec.name)
+    settings, spec, mdir = _model_of(args)
     with runstate.model_lock(mdir) as owner:
         if owner:
             runstate.clean_stale(mdir)
@@ -203,12 +199,17 @@ def _stage_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def _convert(args, argv: list[str]) -> int:
+def _model_of(args):
+    """(settings, spec, model folder) of a command that needs a model."""
     settings = _settings(args)
     if not settings.model:
         raise PipelineError("config", "no model given", hint="MODEL=... or model = ... in the config")
     spec = resolve(settings.model, settings.name)
-    mdir = ModelDir.of(args.out, spec.name)
+    return settings, spec, ModelDir.of(args.out, spec.name)
+
+
+def _convert(args, argv: list[str]) -> int:
+    settings, spec, mdir = _model_of(args)
     with runstate.model_lock(mdir):
         for done in runstate.clean_stale(mdir):
             print(f"{spec.name}: {done} (left by a killed run)", flush=True)
@@ -259,11 +260,7 @@ def _debug(args, argv: list[str]) -> int:
     """Run the stages that are missing (export with --per-layer), then ``debug.run``."""
     from pipeline import compare, debug, report
 
-    settings = _settings(args)
-    if not settings.model:
-        raise PipelineError("config", "no model given", hint="MODEL=... or model = ... in the config")
-    spec = resolve(settings.model, settings.name)
-    mdir = ModelDir.of(args.out, spec.name)
+    settings, spec, mdir = _model_of(args)
     stage_argv = [a for a in argv if a != "--bisect"]
     needed = {"export": "raw.onnx", "rewrite": "torch.onnx", "import": "import.json"}
     missing = False

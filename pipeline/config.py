@@ -58,17 +58,22 @@ def parse_shape(text: str) -> dict:
     return out
 
 
+def read_toml(path: Path, what: str = "config file") -> dict:
+    """The TOML file ``path``; a missing or malformed one is a config error naming it."""
+    if not path.is_file():
+        raise PipelineError("config", f"{what} {str(path)!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise PipelineError("config", f"{what} {str(path)!r} is not valid TOML: {e}") from e
+
+
 def load_settings(config: str | Path | None = None, **overrides) -> Settings:
     """Defaults <- config file (default: configs/default.toml) <- non-None overrides."""
     path = Path(config) if config else DEFAULT_CONFIG
     values: dict = {}
     if config or path.exists():
-        if not path.is_file():
-            raise PipelineError("config", f"config file {str(path)!r} does not exist")
-        try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise PipelineError("config", f"config file {str(path)!r} is not valid TOML: {e}") from e
+        raw = read_toml(path)
         unknown = set(raw) - _FIELDS - {"zoo", "models"}
         if unknown:
             raise PipelineError("config", f"unknown keys {sorted(unknown)} in {str(path)!r}",

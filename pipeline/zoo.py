@@ -31,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import psutil
 import pipeline
 from pipeline.artifacts import ModelDir, check_model_name, read_json, write_json
 from pipeline.compare import STAGE_KEYS
-from pipeline.config import load_settings, parse_shape
+from pipeline.config import load_settings, parse_shape, read_toml
 from pipeline.errors import PipelineError
 from pipeline.spec import resolve
 
@@ -107,12 +106,7 @@ def _fallback_name(spec: str) -> str:
 def load_zoo(path: str | Path) -> Zoo:
     """Parse a zoo config; a config error is fatal, a model that cannot be resolved is not."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError("config", f"zoo config {str(path)!r} does not exist")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise PipelineError("config", f"zoo config {str(path)!r} is not valid TOML: {e}") from e
+    raw = read_toml(path, "zoo config")
     load_settings(path)   # validates the top-level settings keys
     zoo = {**ZOO_DEFAULTS, **raw.get("zoo", {})}
     unknown = set(zoo) - set(ZOO_DEFAULTS)

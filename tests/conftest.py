@@ -45,21 +45,21 @@ def assert_ok(proc, out, name, rtol=1e-5, atol=1e-7) -> dict:
     return rep
 
 
+def _written_by(script: str, folder: Path) -> Path:
+    """``folder``, filled by ``tests/<script> folder`` in a process of its own (TensorFlow)."""
+    proc = subprocess.run([sys.executable, str(TESTS / script), str(folder)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder
+
+
 @pytest.fixture(scope="session")
 def model_files(tmp_path_factory) -> Path:
     """.keras, tf.keras .h5 and SavedModel files, written once per session."""
-    out = tmp_path_factory.mktemp("model_files")
-    proc = subprocess.run([sys.executable, str(TESTS / "save_models.py"), str(out)], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return _written_by("save_models.py", tmp_path_factory.mktemp("model_files"))
 
 
 @pytest.fixture(scope="session")
 def bad_files(tmp_path_factory) -> Path:
     """Valid, bad and untrusted model files from tests/bad_inputs.py, written once per session."""
-    out = tmp_path_factory.mktemp("bad_inputs")
-    proc = subprocess.run([sys.executable, str(TESTS / "bad_inputs.py"), str(out)], cwd=REPO, env=ENV,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+    return _written_by("bad_inputs.py", tmp_path_factory.mktemp("bad_inputs"))
