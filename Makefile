@@ -41,7 +41,7 @@ debug: $(STAMP)
 	$(PY) -m pipeline debug $(STAGE_ARGS)
 # converted models vs Keras/TF, onnxruntime, torchvision; conversion cost vs plain tf2onnx
 bench: $(STAMP)
-	$(PY) -m pipeline.bench --out '$(OUT)/bench' $(ARGS)
+	$(PY) -m pipeline.tools.bench --out '$(OUT)/bench' $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)

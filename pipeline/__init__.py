@@ -1,10 +1,15 @@
-"""Keras -> ONNX -> channels-first ONNX -> PyTorch conversion pipeline.
+"""Keras -> ONNX -> channels-first ONNX -> PyTorch, with proof at every stage.
 
-Stages (one module each): ``export`` (TensorFlow only), ``rewrite`` (ONNX only),
-``importer`` (torch), ``compare`` (onnxruntime + torch). ``runner`` chains them, each in a
-process of its own; ``cli`` is the thin command line on top.
+The folders show the flow:
+
+- ``stages/``   export (TensorFlow only) -> rewrite (ONNX only) -> importer (torch) -> compare;
+  each reads the folder of the stage before it and writes only its own.
+- ``codegen/``  the PyTorch code generator the import stage runs: a registry of small
+  converters keyed by op type and opset, one module per op family.
+- ``tools/``    what is built on the stages: debug (per-layer comparison), zoo (batches),
+  bench (speed and cost), float64 (Keras' own precision).
+- ``core/``     the small shared core: artifacts, run state, config, spec, errors, names.
+- ``cli.py``    the thin command line on top.
 """
 
 __version__ = "0.1.0"
-
-STAGES = ("export", "rewrite", "import", "compare")

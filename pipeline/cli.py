@@ -13,11 +13,12 @@ import subprocess
 import sys
 import traceback
 
-from pipeline import STAGES, runstate
-from pipeline.artifacts import ModelDir, write_json
-from pipeline.config import load_settings, parse_shape
-from pipeline.errors import PipelineError
-from pipeline.spec import resolve
+from pipeline.stages import STAGES
+from pipeline.core import runstate
+from pipeline.core.artifacts import ModelDir, write_json
+from pipeline.core.config import load_settings, parse_shape
+from pipeline.core.errors import PipelineError
+from pipeline.core.spec import resolve
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,7 +94,7 @@ def _settings(args):
 
 
 def _stage(command: str, args) -> int:
-    from pipeline import report
+    from pipeline.core import report
 
     settings, spec, mdir = _model_of(args)
     with runstate.model_lock(mdir) as owner:
@@ -103,12 +104,12 @@ def _stage(command: str, args) -> int:
 
 
 def _stage_locked(command: str, args, settings, spec, mdir: ModelDir) -> int:
-    from pipeline import report
+    from pipeline.core import report
 
     if mdir.error.exists():
         mdir.error.unlink()   # a re-run replaces the previous failure
     if command == "export":
-        from pipeline import export
+        from pipeline.stages import export
 
         if args.layers_only:
             rec = export.record_layers(spec, settings, args.out)
@@ -116,16 +117,16 @@ def _stage_locked(command: str, args, settings, spec, mdir: ModelDir) -> int:
             return 0
         rec = export.run(spec, settings, args.out, per_layer=args.per_layer)
     elif command == "rewrite":
-        from pipeline import rewrite
+        from pipeline.stages import rewrite
 
         rec = rewrite.run(mdir, settings)
         _print_rewrite(mdir)
     elif command == "import":
-        from pipeline import importer
+        from pipeline.stages import importer
 
         rec = importer.run(mdir, settings)
     else:
-        from pipeline import compare
+        from pipeline.stages import compare
 
         summary = compare.run(mdir, settings)
         print(compare.table(summary))
@@ -134,7 +135,7 @@ def _stage_locked(command: str, args, settings, spec, mdir: ModelDir) -> int:
         rep = report.write(mdir, settings)
         print(f"{spec.name}: {rep['status']}  (report: {mdir.report})")
         if args.per_layer:
-            from pipeline import debug
+            from pipeline.tools import debug
 
             layers = debug.run(mdir, settings)
             print(debug.table(layers))
@@ -147,7 +148,7 @@ def _stage_locked(command: str, args, settings, spec, mdir: ModelDir) -> int:
 
 
 def _print_rewrite(mdir: ModelDir) -> None:
-    from pipeline.artifacts import read_json
+    from pipeline.core.artifacts import read_json
 
     f = read_json(mdir.stage("rewrite") / "rewrite.json")
     print(f"rewrite: {f['transposes_in_raw']} Transposes in raw.onnx, "
@@ -218,7 +219,7 @@ def _convert(args, argv: list[str]) -> int:
 
 def _convert_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
     """Each stage in a process of its own; a stage whose results are up to date is skipped."""
-    from pipeline import report
+    from pipeline.core import report
 
     if mdir.error.exists():
         mdir.error.unlink()
@@ -258,7 +259,9 @@ def _convert_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> in
 
 def _debug(args, argv: list[str]) -> int:
     """Run the stages that are missing (export with --per-layer), then ``debug.run``."""
-    from pipeline import compare, debug, report
+    from pipeline.stages import compare
+    from pipeline.tools import debug
+    from pipeline.core import report
 
     settings, spec, mdir = _model_of(args)
     stage_argv = [a for a in argv if a != "--bisect"]
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "convert":
             return _convert(args, argv[1:])
         if args.command == "zoo":
-            from pipeline import zoo
+            from pipeline.tools import zoo
 
             return zoo.main(args)
         if args.command == "debug":

@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # this checkout's pipeline
 
-from pipeline import export  # noqa: E402
-from pipeline.config import load_settings  # noqa: E402
-from pipeline.spec import resolve  # noqa: E402
+from pipeline.stages import export  # noqa: E402
+from pipeline.core.config import load_settings  # noqa: E402
+from pipeline.core.spec import resolve  # noqa: E402
 
 
 def main(out: str, file: str, names: list[str]) -> int:

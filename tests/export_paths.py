@@ -14,7 +14,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline import export  # noqa: E402
+from pipeline.stages import export  # noqa: E402
 
 export._quiet_tf()
 import onnx  # noqa: E402

@@ -48,7 +48,7 @@ def test_bench_machinery_on_the_default_model(tmp_path):
     cfg = tmp_path / "bench.toml"
     cfg.write_text('[bench]\nbatches = [1, 4]\nrounds = { "1" = 3, "4" = 2 }\nwarmup = 1\ncompile = false\n\n'
                    '[[models]]\nmodel = "default"\nname = "conv1d_flatten_dense"\n')
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--config", str(cfg), "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "pipeline.tools.bench", "--config", str(cfg), "--out", str(tmp_path)],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "torch/keras" in proc.stdout and "conv1d_flatten_dense" in proc.stdout
@@ -68,7 +68,7 @@ def test_bench_machinery_on_the_default_model(tmp_path):
     assert res["wall"]["convert_s"] > 0 and res["wall"]["timing_s"] > 0
 
     # a second run times again but reuses both conversions, with the costs of the first
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--config", str(cfg), "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "pipeline.tools.bench", "--config", str(cfg), "--out", str(tmp_path)],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "(earlier run)" in proc.stdout

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from conftest import ENV, cli, report
-from pipeline import codegen, importer
-from pipeline.artifacts import ModelDir, read_json
-from pipeline.errors import PipelineError
-from pipeline.layouts import inputs_for, load_reference, output_to_keras
+from pipeline import codegen
+from pipeline.stages import importer
+from pipeline.core.artifacts import ModelDir, read_json
+from pipeline.core.errors import PipelineError
+from pipeline.core.reference import inputs_for, load_reference, output_to_keras
 
 RTOL, ATOL = 1e-5, 1e-6
 MODELS = {"multi_io": "tests/models.py:multi_io", "conv1d_lstm": "tests/builders_import.py:conv1d_lstm"}

@@ -16,7 +16,8 @@ import pytest
 from onnx import numpy_helper
 
 from conftest import ENV, REPO, cli
-from pipeline import debug
+from pipeline.tools import debug
+from pipeline.core.names import layer_of_name
 
 RTOL, ATOL = 1e-5, 1e-7   # the pipeline's defaults, used by debug for every layer
 MODEL = "tests/debug_models.py:concat_channels"
@@ -38,7 +39,7 @@ NAME = "concat_channels"
         "flatten", "no-scope", "not-a-layer"])
 def test_layer_of_node(node, keras3, layer):
     layers = {"conv", "conv_1", "conv_b", "flatten", "dense"}
-    assert debug.layer_of_node(node, layers, keras3) == layer
+    assert layer_of_name(node, layers, keras3) == layer
 
 
 def test_layout_rule_shape_first_then_graph_layout():
@@ -73,7 +74,7 @@ def clean(tmp_path_factory) -> Path:
 
 def test_onnx_intermediates_in_bounded_chunks(clean, monkeypatch):
     """A small chunk budget runs the graph once per chunk and gives the same values."""
-    from pipeline.layouts import inputs_for, load_reference
+    from pipeline.core.reference import inputs_for, load_reference
 
     d = clean / NAME
     ins, _ = load_reference(d / "export" / "reference.npz")

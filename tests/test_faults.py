@@ -1,6 +1,6 @@
 """Faults: a run killed in the middle of a stage, a stage process that crashes or runs out
 of time, two runs on the same OUT. Timing is made deterministic with the test hook
-``PIPELINE_TEST_SLEEP_IN=<stage>:<seconds>`` (pipeline/artifacts.py): the stage sleeps with
+``PIPELINE_TEST_SLEEP_IN=<stage>:<seconds>`` (pipeline/core/artifacts.py): the stage sleeps with
 its files written to its temporary folder, before they move into place."""
 
 from __future__ import annotations

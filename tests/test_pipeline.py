@@ -11,8 +11,8 @@ import onnx
 import pytest
 
 from conftest import ENV, REPO, assert_ok, cli, report
-from pipeline.artifacts import ModelDir
-from pipeline.config import Settings
+from pipeline.core.artifacts import ModelDir
+from pipeline.core.config import Settings
 
 
 
@@ -118,7 +118,7 @@ def _naive_module(nchw_path, transpose_before_flatten: bool):
 
 def test_flatten_trap_is_reported_as_mismatch(tmp_path):
     assert cli("convert", "--out", tmp_path).returncode == 0
-    from pipeline import compare
+    from pipeline.stages import compare
 
     mdir = ModelDir.of(tmp_path, "conv1d_flatten_dense")
     nchw = mdir.stage("rewrite") / "nchw.onnx"
@@ -136,10 +136,10 @@ import sys
 for blocked in ("tensorflow", "keras", "tf_keras", "tf2onnx"):
     sys.modules[blocked] = None   # any import of these now raises ImportError
 import numpy as np, torch
-from pipeline.artifacts import ModelDir
-from pipeline import importer
-from pipeline.layouts import load_reference, inputs_for, output_to_keras
-from pipeline.artifacts import read_json
+from pipeline.core.artifacts import ModelDir
+from pipeline.stages import importer
+from pipeline.core.reference import load_reference, inputs_for, output_to_keras
+from pipeline.core.artifacts import read_json
 mdir = ModelDir.of(sys.argv[1], sys.argv[2])
 module = importer.load(mdir)
 facts = read_json(mdir.stage("rewrite") / "rewrite.json")
@@ -204,7 +204,7 @@ def test_float32_precision_verdict(tmp_path):
     math as Keras is passes, marked as such; one 1e-3 off still fails."""
     proc = cli("convert", "--model", "tests/models.py:dense_chain", "--out", tmp_path)
     assert_ok(proc, tmp_path, "dense_chain")
-    from pipeline import compare
+    from pipeline.stages import compare
 
     mdir = ModelDir.of(tmp_path, "dense_chain")
     raw = mdir.stage("export") / "raw.onnx"

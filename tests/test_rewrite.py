@@ -20,11 +20,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import ENV, REPO, TESTS, cli, report
-from pipeline.config import Settings
-from pipeline.layouts import inputs_for, load_reference, output_to_keras
-from pipeline.rewrite import fold_for_torch, layout, rerun, rewrite_file, to_channels_first
-from pipeline.rewrite.perm import after_inserting, after_removing, compose, inverse, to_first, to_last
-from pipeline.rewrite.rules.shape import reshape_blocks, unsqueeze_layout
+from pipeline.core.config import Settings
+from pipeline.core.reference import inputs_for, load_reference, output_to_keras
+from pipeline.stages.rewrite import fold_for_torch, layout, rerun, rewrite_file, to_channels_first
+from pipeline.core.perm import after_inserting, after_removing, compose, inverse, to_first, to_last
+from pipeline.stages.rewrite.rules.shape import reshape_blocks, unsqueeze_layout
 
 RTOL, ATOL = 1e-5, 1e-6   # |rewritten - raw| <= RTOL * max|raw| + ATOL, both on onnxruntime
 
@@ -348,7 +348,7 @@ TORCH_CASES = ["flatten_dense2d", "conv1d", "dense_rank4", "groupnorm", "upsampl
 
 
 def _torch_module(out, name, tmp_path):
-    from pipeline.importer import convert_onnx
+    from pipeline.stages.importer import convert_onnx
 
     model, facts = rewrite_file(out / name / "export" / "raw.onnx", Settings())
     nchw = ir.serde.serialize_model(model)
@@ -363,7 +363,7 @@ def _torch_module(out, name, tmp_path):
 def test_torch_export_dynamic_batch(layer_exports, tmp_path, name):
     import torch
 
-    from pipeline.importer import export_program
+    from pipeline.stages.importer import export_program
 
     out, _ = layer_exports
     module, nchw, facts = _torch_module(out, name, tmp_path)

@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import cli
-from pipeline.errors import PipelineError
-from pipeline.untrusted import check_onnx, load_onnx, pickle_members
+from pipeline.core.errors import PipelineError
+from pipeline.core.untrusted import check_onnx, load_onnx, pickle_members
 
 MODEL = "tests/models.py:conv2d_flatten_dense"
 NAME = "conv2d_flatten_dense"

@@ -109,7 +109,7 @@ def test_zoo_isolates_failures_and_resumes(tmp_path, executor):
 
 
 def test_fingerprint_follows_builder_settings_limits_and_versions(tmp_path):
-    from pipeline import zoo as z
+    from pipeline.tools import zoo as z
 
     builders = tmp_path / "b.py"
     builders.write_text("def m():\n    pass\n")

@@ -1,0 +1,1 @@
+"""The small shared core: folders and files, run state, settings, model specs, errors, names."""

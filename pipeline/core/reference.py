@@ -1,0 +1,28 @@
+"""Moving reference data between Keras' layout and the rewritten model's layout."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.core.perm import to_first, to_last
+
+
+def load_reference(path) -> tuple[dict, dict]:
+    """(inputs, Keras outputs) from ``export/reference.npz``, keyed by name."""
+    with np.load(path, allow_pickle=False) as z:
+        ins = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("input:")}
+        outs = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("output:")}
+    return ins, outs
+
+
+def inputs_for(rewrite_facts: dict, inputs: dict) -> dict:
+    """Keras-layout inputs -> the rewritten model's inputs (channels-first where it is)."""
+    cf = set(rewrite_facts.get("inputs_channels_first", []))
+    return {k: np.ascontiguousarray(np.transpose(v, to_first(v.ndim))) if k in cf else v for k, v in inputs.items()}
+
+
+def output_to_keras(rewrite_facts: dict, name: str, value: np.ndarray) -> np.ndarray:
+    """An output of the rewritten model -> Keras' layout."""
+    if name in set(rewrite_facts.get("outputs_channels_first", [])):
+        return np.transpose(value, to_last(value.ndim))
+    return value

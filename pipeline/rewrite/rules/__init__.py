@@ -1,1 +1,0 @@
-"""Layout rules, one module per op family; ``registry.load_rules`` imports them."""
