@@ -13,8 +13,6 @@ The pass repeats to a fixpoint: running it on its own result changes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import onnx_ir as ir
 
@@ -25,13 +23,6 @@ from pipeline.core.perm import compose, inverse, is_identity, to_first, to_last
 from pipeline.stages.rewrite.rules.shape import moves_only_unit_dims
 
 MAX_ROUNDS = 10_000
-
-
-@dataclass
-class LayoutResult:
-    inputs_channels_first: list[str] = field(default_factory=list)
-    outputs_channels_first: list[str] = field(default_factory=list)
-    steps: int = 0
 
 
 def channel_candidates(graph: ir.Graph) -> list[str]:
