@@ -224,6 +224,7 @@ def _convert_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> in
     if mdir.error.exists():
         mdir.error.unlink()
     env, previous = runstate.lock_env(mdir), None
+    compared = False   # a compare process ran and printed the status line itself
     for stage in STAGES:
         inputs = runstate.fingerprint(stage, previous, spec, settings)
         if not args.force and runstate.up_to_date(mdir, stage, inputs):
@@ -235,6 +236,7 @@ def _convert_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> in
         if rc == 0 or (stage == "compare" and rc == 1):
             runstate.record(mdir, stage, inputs)
             previous = runstate.outputs_hash(mdir, stage)
+            compared = compared or stage == "compare"
             continue
         if timed_out or not mdir.error.exists():
             extra = {"signal": signal.Signals(-rc).name} if rc < 0 else {"exit_status": rc}
@@ -253,7 +255,8 @@ def _convert_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> in
         print(f"{spec.name}: failed at {stage}  (report: {mdir.report})", file=sys.stderr)
         return 2
     rep = report.write(mdir, settings)
-    print(f"{spec.name}: {rep['status']}  (report: {mdir.report})")
+    if not compared:
+        print(f"{spec.name}: {rep['status']}  (report: {mdir.report})")
     return 0 if rep["status"] == "ok" else 1
 
 
