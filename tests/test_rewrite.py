@@ -22,7 +22,8 @@ from onnx import TensorProto, helper
 from conftest import ENV, REPO, TESTS, cli, report
 from pipeline.core.config import Settings
 from pipeline.core.reference import inputs_for, load_reference, output_to_keras
-from pipeline.stages.rewrite import fold_for_torch, layout, rerun, rewrite_file, to_channels_first
+from pipeline.stages.rewrite import fold_for_torch, graph_signature, layout, passes, rerun, rewrite_file, \
+    to_channels_first
 from pipeline.core.perm import after_inserting, after_removing, compose, inverse, to_first, to_last
 from pipeline.stages.rewrite.rules.shape import reshape_blocks, unsqueeze_layout
 
@@ -219,6 +220,95 @@ def test_affine_folds_into_conv(case):
     assert np.allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max() + 1e-6)
 
 
+# -- a bias Add after a bias-free ConvTranspose, or a rank-2 Dense, made the op's bias ---------
+BIAS_CASES = {   # case: (op, input rank, bias shape, op has a bias already, op output read twice, folds)
+    "convtranspose": ("ConvTranspose", 4, (1, C, 1, 1), False, False, 1),
+    "convtranspose_bias_chw": ("ConvTranspose", 4, (C, 1, 1), False, False, 1),
+    "convtranspose_1d": ("ConvTranspose", 3, (C, 1), False, False, 1),
+    "convtranspose_has_bias": ("ConvTranspose", 4, (1, C, 1, 1), True, False, 0),
+    "convtranspose_read_twice": ("ConvTranspose", 4, (1, C, 1, 1), False, True, 0),
+    "dense": ("MatMul", 2, (C,), False, False, 1),
+    "dense_row": ("MatMul", 2, (1, C), False, False, 1),
+    "dense_read_twice": ("MatMul", 2, (C,), False, True, 0),
+    "dense_rank3": ("MatMul", 3, (C,), False, False, 0),          # ONNX Gemm is rank 2 only
+    "dense_bias_adds_an_axis": ("MatMul", 2, (1, 1, C), False, False, 0),
+}
+
+
+def _bias_graph(case: str):
+    op, rank, bias_shape, has_bias, twice, _ = BIAS_CASES[case]
+    rng = np.random.default_rng(2)
+    k = 4
+    if op == "ConvTranspose":
+        x_shape, y_shape = (N, k, H, W)[:rank], (N, C, 2 * H + 1, 2 * W + 1)[:rank]
+        inits = [("w", rng.normal(size=(k, C, *[3] * (rank - 2))).astype(np.float32))]
+        attrs = {"strides": [2] * (rank - 2)}
+    else:
+        x_shape, y_shape = (N, H, k)[-rank:], (N, H, C)[-rank:]
+        inits, attrs = [("w", rng.normal(size=(k, C)).astype(np.float32))], {}
+    if has_bias:
+        inits.append(("b", rng.normal(size=(C,)).astype(np.float32)))
+    inits.append(("k", rng.uniform(0.5, 2, size=bias_shape).astype(np.float32)))
+    nodes = [helper.make_node(op, ["x", "w"] + (["b"] if has_bias else []), ["c"], name="layer/op", **attrs),
+             helper.make_node("Add", ["c", "k"], ["t"], name="layer/bias_add"),
+             helper.make_node("Add", ["t", "c"] if twice else ["t", "t"], ["y"])]
+    out_shape = (1, *y_shape) if len(bias_shape) > len(y_shape) else y_shape
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+                          [_const(n, v) for n, v in inits])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), x_shape
+
+
+@pytest.mark.parametrize("case", list(BIAS_CASES))
+def test_bias_add_folds_into_op(case):
+    """The folded graph (a ConvTranspose with its bias, a Gemm for the Dense) computes the
+    same as the unfused one on onnxruntime (rtol 1e-5 of max, atol 1e-6), with no Transpose,
+    and a second run folds nothing."""
+    op, _, _, _, _, n_folded = BIAS_CASES[case]
+    proto, x_shape = _bias_graph(case)
+    x = np.random.default_rng(3).normal(size=x_shape).astype(np.float32)
+    ref = run_ort(proto, {"x": x})["y"]
+    model = ir.serde.deserialize_model(proto)
+    passes.infer_shapes(model)
+    folded = fold_for_torch(model, Settings())
+    assert folded["bias_add"] == ["layer/bias_add"] * n_folded and not folded["into_conv"]
+    ops = [n.op_type for n in model.graph]
+    fused = {"ConvTranspose": "ConvTranspose", "MatMul": "Gemm"}[op] if n_folded else op
+    assert ops.count(fused) == 1 and ops.count("Add") == 2 - n_folded, ops
+    if n_folded:
+        node = next(n for n in model.graph if n.op_type == fused)
+        assert node.name == "layer/op" and len(node.inputs) == 3 and node.outputs[0].name == "t"
+    assert not layout.transposes(model.graph)
+    got_proto = ir.serde.serialize_model(model)
+    onnx.checker.check_model(got_proto, full_check=True)
+    assert close(ref, run_ort(got_proto, {"x": x})["y"])
+    before = graph_signature(model)
+    assert fold_for_torch(model, Settings()) == {"into_dense": [], "into_conv": [], "bias_add": []}
+    assert graph_signature(model) == before
+
+
+def test_bias_add_after_channels_last_deconv_folds():
+    """Keras' Conv2DTranspose as tf2onnx writes it (Transposes around the op, the bias Add on
+    channels-last data): after the rewrite the bias is the ConvTranspose's, no Transpose left."""
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(C, 2, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["f"], ["ft"], perm=[0, 3, 1, 2]),
+             helper.make_node("ConvTranspose", ["ft", "dw"], ["d"], name="deconv_1/conv2d_transpose", strides=[2, 2]),
+             helper.make_node("Transpose", ["d"], ["dl"], perm=[0, 2, 3, 1]),
+             helper.make_node("Add", ["dl", "db"], ["y"], name="deconv_1/BiasAdd")]
+    proto = _graph(nodes, (N, 2 * H + 1, 2 * W + 1, 2), [("dw", w), ("db", rng.normal(size=(2,)).astype(np.float32))])
+    x = rng.normal(size=(N, H, W, C)).astype(np.float32)
+    ref = run_ort(proto, {"x": x})["y"]
+    model = ir.serde.deserialize_model(proto)
+    facts = to_channels_first(model, ["x"], Settings())
+    assert fold_for_torch(model, Settings())["bias_add"] == ["deconv_1/BiasAdd"]
+    assert not layout.transposes(model.graph)
+    assert [n.op_type for n in model.graph] == ["Conv", "ConvTranspose"]
+    got = run_ort(ir.serde.serialize_model(model), inputs_for(facts, {"x": x}))["y"]
+    assert close(ref, output_to_keras(facts, "y", got))
+    assert not rerun(model, Settings()).modified
+
+
 @pytest.mark.parametrize("case", list(RULE_CASES))
 def test_rule_on_tiny_graph(case):
     nodes, out_shape, inits, expected = RULE_CASES[case]
@@ -348,7 +438,7 @@ TORCH_CASES = ["flatten_dense2d", "conv1d", "dense_rank4", "groupnorm", "upsampl
 
 
 def _torch_module(out, name, tmp_path):
-    from pipeline.stages.importer import convert_onnx
+    from pipeline.runners import convert_onnx
 
     model, facts = rewrite_file(out / name / "export" / "raw.onnx", Settings())
     nchw = ir.serde.serialize_model(model)

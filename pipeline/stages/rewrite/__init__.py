@@ -2,8 +2,9 @@
 
 Writes ``rewrite/nchw.onnx`` (explicit Transposes where the semantics need them, for
 inspection and onnxruntime), ``rewrite/torch.onnx`` (the same graph with each
-``Transpose -> Flatten -> Dense`` folded into the Dense weights, the input of the import
-stage) and ``rewrite/rewrite.json`` (layouts, Transposes removed and left, and why).
+``Transpose -> Flatten -> Dense`` folded into the Dense weights and bias ``Add``s into the
+op before them, ``folds``; the input of the import stage) and ``rewrite/rewrite.json``
+(layouts, Transposes removed and left, and why).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import onnx_ir as ir
 from pipeline.core.artifacts import ModelDir, StageClock, atomic_dir, read_json, write_json
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
-from pipeline.stages.rewrite import layout, passes
+from pipeline.stages.rewrite import folds, layout, passes
 from pipeline.stages.rewrite.context import Ctx
 from pipeline.core.untrusted import check_onnx
 
@@ -114,13 +115,15 @@ def rewrite_file(raw: Path, settings: Settings) -> tuple[ir.Model, dict]:
 
 def fold_for_torch(model: ir.Model, settings: Settings) -> dict:
     """In place: each ``Transpose -> Flatten -> MatMul`` folded into the weights (if asked),
-    and constant per-channel ``Mul``/``Add`` after a ``Conv`` folded into its weights and bias.
-    Returns the names of what was folded, by kind."""
+    constant per-channel ``Mul``/``Add`` after a ``Conv`` folded into its weights and bias,
+    and a bias ``Add`` after a ``ConvTranspose`` or a rank-2 ``MatMul`` made the op's bias
+    (a ``Gemm`` for the MatMul). Returns the names of what was folded, by kind."""
     ctx = Ctx(model.graph, _opset(model))
-    dense = passes.fold_flatten_transposes(ctx) if settings.fold_flatten_transpose else []
-    conv = passes.fold_affine_into_conv(ctx)
+    dense = folds.fold_flatten_transposes(ctx) if settings.fold_flatten_transpose else []
+    conv = folds.fold_affine_into_conv(ctx)
+    bias = folds.fold_bias_add(ctx)
     passes.cleanup(model)
-    return {"into_dense": dense, "into_conv": conv}
+    return {"into_dense": dense, "into_conv": conv, "bias_add": bias}
 
 
 def _save(model: ir.Model, path: Path, external: bool) -> None:
@@ -156,6 +159,7 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         _save(model, d / "torch.onnx", external)
         facts["folded_into_dense"] = folded["into_dense"]
         facts["folded_into_conv"] = folded["into_conv"]
+        facts["folded_bias_add"] = folded["bias_add"]
         facts["transposes_torch"] = len(layout.transposes(model.graph))
         record = {"stage": "rewrite", **clock.record()}
         write_json(d / "rewrite.json", {**facts, "stage": record})

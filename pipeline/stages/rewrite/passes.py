@@ -1,4 +1,5 @@
-"""Graph passes around the layout pass: static reshapes, 1-D convs, the Flatten fold."""
+"""Graph passes around the layout pass: shape inference, static reshapes, Dense on features,
+unit Transposes as Reshapes, 1-D convs. The folds for the torch graph are in ``folds``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, ShapeInferencePass, TopologicalSortPass
 
 from pipeline.stages.rewrite.context import Ctx, dims
-from pipeline.core.perm import inverse, to_last
 
 
 def infer_shapes(model: ir.Model) -> None:
@@ -247,126 +247,3 @@ def conv1d(ctx: Ctx) -> list[str]:
             changed.append(node.name)
     _cancel_squeezes(ctx)
     return changed
-
-
-def _is_dense(ctx: Ctx, m: ir.Node, v: ir.Value) -> bool:
-    w = ctx.const(m.inputs[1]) if len(m.inputs) > 1 else None
-    return (m.op_type in ("MatMul", "Gemm") and m.inputs[0] is v and w is not None and w.ndim == 2
-            and not ctx.attr(m, "transA", 0))
-
-
-def _dense_users(ctx: Ctx, v: ir.Value) -> list | None:
-    """Every user of the flat features ``v`` as (Dense node, first row of v in its weights):
-    a MatMul/Gemm on v, or on a ``Concat(axis=1)`` of v with other features of known width;
-    None if some user is anything else."""
-    out = []
-    for use in v.uses():
-        n = use.node
-        if _is_dense(ctx, n, v):
-            out.append((n, 0))
-            continue
-        if n.op_type != "Concat" or ctx.attr(n, "axis") not in (1, -1) or n.outputs[0].is_graph_output():
-            return None
-        widths = [(dims(i) or [None, None])[1] for i in n.inputs[:use.idx]]
-        cu = list(n.outputs[0].uses())
-        if None in widths or not cu or not all(_is_dense(ctx, u.node, n.outputs[0]) for u in cu):
-            return None
-        out.extend((u.node, int(sum(widths))) for u in cu)
-    return out or None
-
-
-def fold_flatten_transposes(ctx: Ctx) -> list[str]:
-    """``Transpose(x, to_last) -> Flatten -> MatMul/Gemm(W)`` with constant W (also through a
-    ``Concat`` of flat features): the rows of W are permuted once into channels-first
-    order and the runtime Transpose goes away."""
-    folded = []
-    for t in list(ctx.graph):
-        if t.op_type != "Transpose" or t.graph is not ctx.graph:
-            continue
-        p = tuple(t.attributes["perm"].as_ints())
-        x, ty = t.inputs[0], t.outputs[0]
-        xd = dims(x)
-        if len(p) < 3 or p != to_last(len(p)) or not xd or any(d is None for d in xd[1:]):
-            continue
-        uses = list(ty.uses())
-        if len(uses) != 1 or ty.is_graph_output():
-            continue
-        f = uses[0].node
-        is_flat = (f.op_type == "Flatten" and ctx.attr(f, "axis", 1) == 1) or (
-            f.op_type == "Reshape" and (c := ctx.const(f.inputs[1])) is not None and c.size == 2)
-        if not is_flat or f.outputs[0].is_graph_output():
-            continue
-        denses = _dense_users(ctx, f.outputs[0])
-        if not denses:
-            continue
-        k = int(np.prod(xd[1:]))
-        keras_index = np.arange(k).reshape([xd[i] for i in p[1:]])          # (*S, C) order
-        order = np.transpose(keras_index, inverse(tuple(i - 1 for i in p[1:]))).reshape(-1)
-        for m, offset in denses:
-            w = ctx.const(m.inputs[1])
-            trans_b = m.op_type == "Gemm" and ctx.attr(m, "transB", 0)
-            rows = np.arange(w.shape[1] if trans_b else w.shape[0])
-            rows[offset:offset + k] = offset + order
-            w = w[:, rows] if trans_b else w[rows]
-            m.replace_input_with(1, ctx.new_const(w, f"{m.name}/kernel_channels_first"))
-        f.replace_input_with(0, x)
-        ctx.remove(t)
-        folded.append(t.name)
-    return folded
-
-
-def _per_channel(c: np.ndarray, out_rank: int, channels: int) -> np.ndarray | None:
-    """``c`` as a (channels,) vector if it broadcasts along axis 1 of a rank ``out_rank``
-    output only (a scalar included); None otherwise."""
-    if c.ndim > out_rank or not np.issubdtype(c.dtype, np.floating):
-        return None
-    full = c.reshape((1,) * (out_rank - c.ndim) + c.shape)
-    if any(d != 1 for i, d in enumerate(full.shape) if i != 1) or full.shape[1] not in (1, channels):
-        return None
-    return np.broadcast_to(full.reshape(-1), (channels,))
-
-
-def fold_affine_into_conv(ctx: Ctx) -> list[str]:
-    """``Conv(W, b) -> Mul(s)`` / ``-> Add(a)`` with constant per-channel ``s``/``a`` (a batch
-    norm grappler left unfolded, after a depthwise conv): one Conv with ``W·s``, ``b·s + a``.
-    Equal up to float rounding (the product is taken once, on the weights)."""
-    folded = []
-    for node in list(ctx.graph):
-        if node.op_type not in ("Mul", "Add") or node.graph is not ctx.graph or len(node.inputs) != 2:
-            continue
-        for i in (0, 1):
-            conv, c = node.inputs[i].producer(), ctx.const(node.inputs[1 - i])
-            if conv is not None and conv.op_type == "Conv" and c is not None:
-                break
-        else:
-            continue
-        y = conv.outputs[0]
-        if len(list(y.uses())) != 1 or y.is_graph_output() or len(conv.inputs) < 2:
-            continue
-        w = ctx.const(conv.inputs[1])
-        bias_in = conv.inputs[2] if len(conv.inputs) > 2 else None
-        b = ctx.const(bias_in)   # None for a missing input too
-        if w is None or (bias_in is not None and b is None):
-            continue
-        v = _per_channel(c, w.ndim, w.shape[0])
-        if v is None or v.dtype != w.dtype:
-            continue
-        b = np.zeros(w.shape[0], w.dtype) if b is None else b
-        if node.op_type == "Mul":
-            w, b = w * v.reshape((-1,) + (1,) * (w.ndim - 1)), b * v
-        else:
-            b = b + v
-        new = ir.node("Conv", [conv.inputs[0], ctx.new_const(w, f"{conv.name}/W_folded"),
-                               ctx.new_const(b.astype(w.dtype, copy=False), f"{conv.name}/B_folded")],
-                      {k: a.value for k, a in conv.attributes.items()}, name=conv.name)
-        ctx.graph.insert_before(node, new)
-        out = node.outputs[0]
-        new.outputs[0].type, new.outputs[0].shape = out.type, out.shape
-        if not out.is_graph_output():   # the layer's output keeps its name (redirect does it for outputs)
-            name, out.name = out.name, ctx.name(out.name)
-            new.outputs[0].name = name
-        ctx.redirect(out, new.outputs[0])
-        ctx.remove(node)
-        ctx.remove(conv)
-        folded.append(node.name)
-    return folded
