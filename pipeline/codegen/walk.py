@@ -1,0 +1,76 @@
+"""The walk: every node in topological order, folded if it can be, else converted by the
+converter registered for its op type at the model's opset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.codegen.fold import fold
+from pipeline.codegen.gen import Gen, Unsupported
+from pipeline.codegen.ops import CONVERTERS
+from pipeline.codegen.render import render
+from pipeline.codegen.values import Const, Tensor
+from pipeline.core.errors import PipelineError
+from pipeline.core.registry import MAX_OPSET, Registry
+
+_HOME = "pipeline/codegen/ops/"
+
+
+@dataclass
+class Generated:
+    source: str
+    state: dict = field(default_factory=dict)   # state_dict name -> np.ndarray
+    modules: dict = field(default_factory=dict)  # submodule name -> ONNX node name
+    input_names: list = field(default_factory=list)
+    output_names: list = field(default_factory=list)
+
+
+def generate(proto, model_name: str, keras_layers: list[dict] | None = None, class_name: str = "Model",
+             converters: Registry | None = None) -> Generated:
+    """PyTorch source for ``proto``; raises PipelineError on an op it cannot express.
+
+    ``converters``: the registry to use (default ``CONVERTERS``)."""
+    import onnx
+
+    converters = CONVERTERS if converters is None else converters
+    gen = Gen(proto, model_name, keras_layers)
+    for t in proto.graph.initializer:
+        gen.values[t.name] = Const(onnx.numpy_helper.to_array(t))
+    inputs = [i.name for i in proto.graph.input if i.name not in gen.values]
+    arg_names = []
+    for name in inputs:
+        arg = gen.unique(name)
+        arg_names.append(arg)
+        gen.values[name] = Tensor(arg, gen.dtypes.get(name))
+    for node in proto.graph.node:
+        if not fold(gen, node):
+            _convert(gen, converters, node)
+    outputs = [gen.t(o.name, hint=f"{o.name}_const") for o in proto.graph.output]
+    src = render(gen.init_lines, gen.lines, class_name, arg_names, outputs, model_name)
+    return Generated(src, gen.state, gen.modules, inputs, [o.name for o in proto.graph.output])
+
+
+def _convert(gen: Gen, converters: Registry, node) -> None:
+    entry = converters.lookup(node.op_type, gen.opset) if node.domain in ("", "ai.onnx") else None
+    layer = gen.keras_layer(node.name)
+    where = dict(model=gen.model_name, node=node.name, op_type=node.op_type, layer=layer)
+    of_layer = f", from Keras layer {layer!r} ({gen.layers.get(layer)})" if layer else ""
+    if entry is None:
+        ranges = sorted(e.opsets for e in converters.entries().get(node.op_type, []))
+        known = f" (converters exist for opsets {', '.join(_range(r) for r in ranges)})" if ranges else ""
+        hi = min((lo - 1 for lo, _ in ranges if lo > gen.opset), default=None)
+        raise PipelineError("import", f"no PyTorch converter for ONNX op {node.op_type} (opset {gen.opset}){known}"
+                            + of_layer,
+                            hint=f"register one in {_HOME}<family>.py: @handles(\"{node.op_type}\", opsets=({gen.opset}, "
+                                 f"{hi})) on a function (gen, node) that emits torch code with gen.emit(node, expr)",
+                            **where)
+    try:
+        entry.fn(gen, node)
+    except Unsupported as e:
+        raise PipelineError("import", f"cannot convert {node.op_type} (opset {gen.opset}): {e}" + of_layer,
+                            hint=f"extend its converter, {entry.fn.__name__} in {_HOME}{entry.family}.py",
+                            **where) from e
+
+
+def _range(r: tuple[int, int]) -> str:
+    return f"{r[0]}+" if r[1] >= MAX_OPSET else str(r[0]) if r[0] == r[1] else f"{r[0]}-{r[1]}"
