@@ -232,6 +232,7 @@ def _convert_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> in
             previous = runstate.outputs_hash(mdir, stage)
             continue
         print(f"== {spec.name}: {stage}", flush=True)
+        runstate.stage_started(mdir, stage)
         rc, timed_out = _run_stage_child(stage, argv, env, args.stage_timeout)
         if rc == 0 or (stage == "compare" and rc == 1):
             runstate.record(mdir, stage, inputs)

@@ -109,13 +109,14 @@ def test_zoo_isolates_failures_and_resumes(tmp_path, executor):
 
 
 def test_fingerprint_follows_builder_settings_limits_and_versions(tmp_path):
+    from pipeline.core import runstate
     from pipeline.tools import zoo as z
 
     builders = tmp_path / "b.py"
     builders.write_text("def m():\n    pass\n")
     cfg = tmp_path / "zoo.toml"
     cfg.write_text('[[models]]\nmodel = "b.py:m"\n')
-    vers = z.versions()
+    vers = runstate.versions()
     base = z.fingerprint(z.load_zoo(cfg).models[0], vers, "src")
     assert z.fingerprint(z.load_zoo(cfg).models[0], vers, "src") == base
     assert z.fingerprint(z.load_zoo(cfg).models[0], {**vers, "torch": "0"}, "src") != base
@@ -127,6 +128,31 @@ def test_fingerprint_follows_builder_settings_limits_and_versions(tmp_path):
     cfg.write_text('[[models]]\nmodel = "b.py:m"\n')
     builders.write_text("def m():\n    return 1\n")
     assert z.fingerprint(z.load_zoo(cfg).models[0], vers, "src") != base
+
+
+def test_conversion_code_leaves_out_the_zoo_and_the_bench_only():
+    """One definition of conversion code for the stage fingerprints and the zoo's."""
+    from pipeline.core import runstate
+
+    files = {str(f.relative_to(REPO / "pipeline")) for f in runstate.conversion_code()}
+    assert not [f for f in files if f.startswith(("tools/zoo/", "tools/bench"))], files
+    assert {"cli.py", "stages/export/__init__.py", "tools/float64.py", "tools/debug/__init__.py"} <= files
+    assert {"pipeline", "onnx", "torch", "tf2onnx"} <= set(runstate.versions())
+
+
+def test_started_stage_is_read_back(tmp_path):
+    """What the zoo reads when a worker dies: the stage ``convert`` started last."""
+    from pipeline.core import runstate
+    from pipeline.core.artifacts import ModelDir
+
+    mdir = ModelDir.of(tmp_path, "m")
+    assert runstate.started_stage(mdir) is None
+    runstate.stage_started(mdir, "export")
+    runstate.stage_started(mdir, "rewrite")
+    assert runstate.started_stage(mdir) == "rewrite"
+    assert [p.name for p in mdir.root.iterdir()] == ["run.json"]   # beside the stage folders, no temporary left
+    (mdir.root / "run.json").write_text("{not json")
+    assert runstate.started_stage(mdir) is None
 
 
 @pytest.mark.parametrize("text, fragment", [

@@ -7,12 +7,22 @@
   folder a kill caught between its two renames is put back.
 - ``fingerprint`` / ``up_to_date``: a stage is skipped by ``convert`` when its folder is
   complete, unchanged since it was written, and made from the same inputs, settings,
-  package versions and pipeline code. ``<stage>/fingerprint.json`` holds both hashes.
+  package versions and conversion code. ``<stage>/fingerprint.json`` holds both hashes.
+- ``versions``, ``code_hash``, ``sources_hash``: what a result depends on besides its
+  settings, in one place for the stage fingerprints and the zoo's (``zoo.json``).
+  Conversion code is every ``.py`` file of the pipeline package except the tools that only
+  drive or time conversions (``NOT_CONVERSION_CODE``: tools/zoo, tools/bench). The debug
+  tool counts: the zoo judges a model with degenerate outputs by ``compare --per-layer``,
+  which is the debug tool; float64 counts: it decides compare's verdict after a strict
+  mismatch.
+- ``stage_started`` / ``started_stage``: ``<model>/run.json`` says which stage ``convert``
+  started last, so that whoever watches it (the zoo) knows where a killed run was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import hashlib
 import json
@@ -23,14 +33,19 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import pipeline
 from pipeline.core.artifacts import ModelDir, read_json, write_json
 from pipeline.core.errors import PipelineError
 
 LOCK_ENV = "PIPELINE_LOCK_HELD"
 FINGERPRINT = "fingerprint.json"
-_PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "tf-keras", "tf2onnx", "onnx", "onnx-ir", "onnxruntime",
-             "onnx2torch", "torch", "numpy", "safetensors")
-_CODE = Path(__file__).resolve().parents[1]   # the pipeline package
+RUN = "run.json"
+# distributions whose versions change a conversion (looked up without importing them)
+PACKAGES = ("tensorflow-cpu", "tensorflow", "keras", "tf-keras", "tf2onnx", "onnx", "onnx-ir", "onnxruntime",
+            "onnx2torch", "torch", "numpy", "safetensors")
+_CODE = Path(pipeline.__file__).resolve().parent   # the pipeline package
+# folders of the package that change no conversion result: the batch runner and the benchmark
+NOT_CONVERSION_CODE = (("tools", "zoo"), ("tools", "bench"))
 
 
 @contextlib.contextmanager
@@ -100,9 +115,10 @@ def clean_stale(mdir: ModelDir) -> list[str]:
     return done
 
 
-def _versions() -> dict:
-    out = {}
-    for pkg in _PACKAGES:
+def versions() -> dict:
+    """The pipeline's version and those of the installed ``PACKAGES``."""
+    out = {"pipeline": pipeline.__version__}
+    for pkg in PACKAGES:
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -114,7 +130,7 @@ def _hash_tree(paths, h=None, root: Path | None = None):
     h = h or hashlib.sha256()
     for p in paths:
         p = Path(p)
-        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p] if p.exists() else []
         for q in files:
             if q.name == FINGERPRINT or q.name.startswith("."):
                 continue
@@ -126,8 +142,14 @@ def _hash_tree(paths, h=None, root: Path | None = None):
     return h
 
 
+def conversion_code() -> list[Path]:
+    """The ``.py`` files of the pipeline package that can change a result (module docstring)."""
+    return [q for q in sorted(_CODE.rglob("*.py")) if q.relative_to(_CODE).parts[:2] not in NOT_CONVERSION_CODE]
+
+
 def code_hash() -> str:
-    return _hash_tree(sorted(_CODE.rglob("*.py")), root=_CODE).hexdigest()
+    """The hash of ``conversion_code()``: file names relative to the package, and contents."""
+    return _hash_tree(conversion_code(), root=_CODE).hexdigest()
 
 
 def source_files(spec) -> list[Path]:
@@ -139,16 +161,18 @@ def source_files(spec) -> list[Path]:
     return [Path(spec.target)]
 
 
+def sources_hash(spec) -> str:
+    """The hash of ``source_files(spec)`` (names and contents; a missing file hashes as none)."""
+    return _hash_tree(source_files(spec)).hexdigest()
+
+
 def fingerprint(stage: str, previous: str | None, spec, settings) -> str:
     """The hash of everything a stage's result depends on; ``previous`` is the outputs hash
     of the stage before it (None for export, which hashes the model's source instead)."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"stage": stage, "previous": previous, "spec": spec.to_json(),
-                         "settings": settings.to_json(), "versions": _versions(), "code": code_hash()},
-                        sort_keys=True, default=str).encode())
-    if previous is None:
-        _hash_tree(source_files(spec), h)
-    return h.hexdigest()
+    return hashlib.sha256(json.dumps(
+        {"stage": stage, "previous": previous, "spec": spec.to_json(), "settings": settings.to_json(),
+         "versions": versions(), "code": code_hash(), "sources": sources_hash(spec) if previous is None else None},
+        sort_keys=True, default=str).encode()).hexdigest()
 
 
 def outputs_hash(mdir: ModelDir, stage: str) -> str | None:
@@ -170,3 +194,20 @@ def up_to_date(mdir: ModelDir, stage: str, inputs: str) -> bool:
     except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return False
     return isinstance(stored, dict) and stored.get("inputs") == inputs and stored.get("outputs") == outputs_hash(mdir, stage)
+
+
+def stage_started(mdir: ModelDir, stage: str) -> None:
+    """``convert`` starts ``stage``: ``<model>/run.json`` {stage, started} (beside the stage
+    folders, so that no stage fingerprint sees it)."""
+    mdir.root.mkdir(parents=True, exist_ok=True)
+    write_json(mdir.root / RUN, {"stage": stage, "started": datetime.datetime.now(datetime.timezone.utc)
+                                 .isoformat(timespec="milliseconds")})
+
+
+def started_stage(mdir: ModelDir) -> str | None:
+    """The stage ``convert`` started last in ``mdir`` (None: no stage started, or no record)."""
+    try:
+        run = read_json(mdir.root / RUN)
+    except (OSError, ValueError):
+        return None
+    return run.get("stage") if isinstance(run, dict) and isinstance(run.get("stage"), str) else None
