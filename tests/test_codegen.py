@@ -18,6 +18,7 @@ import torch
 
 from conftest import ENV, cli, report
 from pipeline import codegen
+from pipeline.runners import load_generated, load_pt2
 from pipeline.stages import importer
 from pipeline.core.artifacts import ModelDir, read_json
 from pipeline.core.errors import PipelineError
@@ -106,10 +107,10 @@ def _batch(arrays, n):
 def test_compile_and_export_with_two_batch_sizes(converted, name):
     mdir = ModelDir.of(converted, name)
     _, ins, _, _ = _feeds_and_refs(mdir)
-    module = importer.load_generated(mdir)
+    module = load_generated(mdir)
     compiled = torch.compile(module, dynamic=True)
     program = importer.export_program(module, tuple(_batch(ins, 2)))
-    saved = importer.load_pt2(mdir)
+    saved = load_pt2(mdir)
     for n in (3, 6):
         args = _batch(ins, n)
         with torch.no_grad():

@@ -19,6 +19,9 @@ from pipeline.core.config import Settings
 def test_default_model_has_one_transpose_before_flatten(tmp_path):
     proc = cli("convert", "--out", tmp_path)
     rep = assert_ok(proc, tmp_path, "conv1d_flatten_dense")
+    status_line = f"conv1d_flatten_dense: ok  (report: {tmp_path / 'conv1d_flatten_dense' / 'report.json'})"
+    assert proc.stdout.splitlines().count(status_line) == 1, proc.stdout   # once, last
+    assert proc.stdout.splitlines()[-1] == status_line
     assert rep["transposes"] == 1
     assert rep["layout"]["inputs_channels_first"] == ["x"]
     nchw = onnx.load(str(tmp_path / "conv1d_flatten_dense" / "rewrite" / "nchw.onnx"))
@@ -36,6 +39,15 @@ def test_default_model_has_one_transpose_before_flatten(tmp_path):
     assert {"tensorflow", "keras", "tf2onnx", "onnx", "torch", "onnx2torch", "onnxruntime"} <= set(rep["versions"])
     # the torch graph has the Transpose folded into the Dense weights
     assert rep["transposes_torch"] == 0
+
+
+def test_convert_with_every_stage_up_to_date_prints_the_status_once(tmp_path):
+    assert cli("convert", "--out", tmp_path).returncode == 0
+    proc = cli("convert", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("(up to date, skipped)") == 4, proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("conv1d_flatten_dense: ok  (report: ")
+    assert proc.stdout.count("conv1d_flatten_dense: ok  (report: ") == 1, proc.stdout
 
 
 @pytest.mark.parametrize("builder", ["conv1d_flatten_dense", "conv2d_flatten_dense", "conv3d_flatten_dense",
@@ -137,11 +149,11 @@ for blocked in ("tensorflow", "keras", "tf_keras", "tf2onnx"):
     sys.modules[blocked] = None   # any import of these now raises ImportError
 import numpy as np, torch
 from pipeline.core.artifacts import ModelDir
-from pipeline.stages import importer
+from pipeline import runners
 from pipeline.core.reference import load_reference, inputs_for, output_to_keras
 from pipeline.core.artifacts import read_json
 mdir = ModelDir.of(sys.argv[1], sys.argv[2])
-module = importer.load(mdir)
+module = runners.load(mdir)
 facts = read_json(mdir.stage("rewrite") / "rewrite.json")
 ins, ref = load_reference(mdir.stage("export") / "reference.npz")
 meta = read_json(mdir.stage("export") / "meta.json")

@@ -438,7 +438,7 @@ TORCH_CASES = ["flatten_dense2d", "conv1d", "dense_rank4", "groupnorm", "upsampl
 
 
 def _torch_module(out, name, tmp_path):
-    from pipeline.stages.importer import convert_onnx
+    from pipeline.runners import convert_onnx
 
     model, facts = rewrite_file(out / name / "export" / "raw.onnx", Settings())
     nchw = ir.serde.serialize_model(model)

@@ -1,8 +1,10 @@
 """Stage 4, compare: Keras vs onnxruntime(raw) vs onnxruntime(nchw) vs the torch ports.
 
-Torch stages: ``torch_codegen`` (the generated ``model.py`` + ``model.safetensors``),
-``torch_pt2`` (``model.pt2``) and ``torch`` (onnx2torch's port of the same graph; skipped,
-with the reason, where onnx2torch has no converter for an op).
+Each column of ``RUNNERS`` is one runner of ``pipeline.runners`` on the reference inputs:
+``onnx_raw`` and ``onnx_nchw`` (onnxruntime on ``raw.onnx``, ``nchw.onnx``), ``torch``
+(onnx2torch's port of ``torch.onnx`` with the import stage's weights; skipped, with the
+reason, where onnx2torch has no converter for an op), ``torch_codegen`` (the generated
+``model.py`` + ``model.safetensors``) and ``torch_pt2`` (``model.pt2``).
 
 All numbers live here. Per output and stage: max |diff|, max relative error (to
 max|Keras output|), and pass/fail against ``rtol * max|Keras output| + atol``. NaN in a
@@ -17,10 +19,10 @@ import numpy as np
 
 from pipeline.core.artifacts import ModelDir, StageClock, atomic_dir, read_json, write_json
 from pipeline.core.config import Settings
-from pipeline.core.errors import PipelineError
 from pipeline.core.reference import inputs_for, load_reference, output_to_keras
 
-STAGE_KEYS = ("onnx_raw", "onnx_nchw", "torch", "torch_codegen", "torch_pt2")
+# the runners compared with Keras, in the order of the results (report.json, the zoo's table)
+RUNNERS = ("onnx_raw", "onnx_nchw", "torch", "torch_codegen", "torch_pt2")
 FLOAT64_TIMEOUT_S = 1800
 FLOAT64_FACTOR = 2.0   # a port may be this many times as far from float64 math as Keras' float32 is
 
@@ -99,26 +101,42 @@ def float32_precision(mdir: ModelDir, ref: dict, got: dict, results: dict) -> di
     return {"available": True, "factor": FLOAT64_FACTOR, "keras_vs_float64": keras_err, "stage_vs_float64": stage_err}
 
 
-def run_onnx(path, feeds: dict) -> dict:
-    import onnxruntime as ort
+def runners_for(mdir: ModelDir, torch_module=None) -> tuple[dict, dict]:
+    """({name: Runner} of the ``RUNNERS`` this model has, {name: why it is skipped}).
+    ``model.pt2`` and onnx2torch's port are left out where the import stage made none
+    (``import.json``: ``format``, ``onnx2torch_status``); ``torch_module`` replaces the
+    onnx2torch port (for tests)."""
+    from pipeline.runners import GeneratedRunner, OnnxRuntimeRunner, OnnxToTorchRunner, Pt2Runner, TorchRunner
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, {i.name: feeds[i.name] for i in sess.get_inputs()})))
+    meta = read_json(mdir.stage("export") / "meta.json")
+    imp = read_json(mdir.require("import", "import.json") / "import.json")
+    model = meta["model"]
+    runners = {"onnx_raw": OnnxRuntimeRunner(mdir.stage("export") / "raw.onnx", name="onnx_raw", model=model),
+               "onnx_nchw": OnnxRuntimeRunner(mdir.stage("rewrite") / "nchw.onnx", name="onnx_nchw", model=model)}
+    skipped = {}
+    if torch_module is not None:
+        port = OnnxToTorchRunner(mdir)
+        runners["torch"] = TorchRunner(torch_module, port.input_names, port.output_names, name="torch", model=model)
+    elif imp.get("onnx2torch_status", "ok") == "ok":
+        runners["torch"] = OnnxToTorchRunner(mdir)
+    else:
+        skipped["torch"] = f"onnx2torch: {imp['onnx2torch_status']}"
+    runners["torch_codegen"] = GeneratedRunner(mdir)
+    if imp.get("format") == "pt2":
+        runners["torch_pt2"] = Pt2Runner(mdir)
+    else:
+        skipped["torch_pt2"] = f"no model.pt2: {imp.get('pt2_error')}"
+    return runners, skipped
 
 
-def run_torch(module, feeds: dict, input_names: list[str], output_names: list[str]) -> dict:
-    import torch
+def keras_model(mdir: ModelDir):
+    """The Keras model as the export stage loaded it (its recorded spec and settings, batch
+    norm calibration included): ``KerasRunner(mdir, build="pipeline.stages.compare:keras_model")``
+    runs it in a TensorFlow process of its own (this function runs there)."""
+    from pipeline.runners.keras_tf import recorded
+    from pipeline.stages import export
 
-    with torch.no_grad():
-        res = module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in input_names])
-    if isinstance(res, dict):
-        res = [res[k] for k in output_names]
-    elif not isinstance(res, (list, tuple)):
-        res = [res]
-    return {n: r.detach().numpy() for n, r in zip(output_names, res)}
+    return export.load_model(*recorded(mdir))
 
 
 def run(mdir: ModelDir, settings: Settings, torch_module=None) -> dict:
@@ -126,46 +144,19 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None) -> dict:
     clock = StageClock()
     exp = mdir.require("export", "raw.onnx", "reference.npz", "meta.json")
     rw = mdir.require("rewrite", "nchw.onnx", "rewrite.json")
-    meta = read_json(exp / "meta.json")
     facts = read_json(rw / "rewrite.json")
     inputs, ref = load_reference(exp / "reference.npz")
     feeds_cf = inputs_for(facts, inputs)
-    in_names = [i["name"] for i in meta["inputs"]]
-    from pipeline.core.untrusted import check_onnx
-
-    check_onnx(exp / "raw.onnx", "compare", meta["model"])
-    out_order = [o.name for o in check_onnx(rw / "nchw.onnx", "compare", meta["model"]).graph.output]
+    runners, skipped = runners_for(mdir, torch_module)
+    missing_pt2 = skipped.pop("torch_pt2", None)   # not skipped: every model must come with a model.pt2
     got = {}
-    try:
-        got["onnx_raw"] = run_onnx(exp / "raw.onnx", inputs)
-        nchw = run_onnx(rw / "nchw.onnx", feeds_cf)
-        got["onnx_nchw"] = {k: output_to_keras(facts, k, v) for k, v in nchw.items()}
-        from pipeline.stages import importer
-
-        imp = read_json(mdir.require("import", "import.json") / "import.json")
-        skipped, missing_pt2 = {}, None
-        torch_ports = {"torch_codegen": importer.load_generated}
-        if imp.get("format") == "pt2":
-            torch_ports["torch_pt2"] = importer.load_pt2
-        else:
-            missing_pt2 = f"no model.pt2: {imp.get('pt2_error')}"
-        if torch_module is not None:
-            torch_ports["torch"] = lambda _: torch_module
-        elif imp.get("onnx2torch_status", "ok") == "ok":
-            torch_ports["torch"] = importer.load_onnx2torch
-        else:
-            skipped["torch"] = f"onnx2torch: {imp['onnx2torch_status']}"
-        for stage, loader in torch_ports.items():
-            tout = run_torch(loader(mdir), feeds_cf, in_names, out_order)
-            got[stage] = {k: output_to_keras(facts, k, v) for k, v in tout.items()}
-    except PipelineError:
-        raise
-    except Exception as e:
-        raise PipelineError("compare", f"running a converted model failed: {type(e).__name__}: {e}",
-                            model=meta["model"]) from e
-    results = {stage: compare_outputs(ref, got[stage], settings.rtol, settings.atol) for stage in STAGE_KEYS
+    for name, runner in runners.items():   # raw.onnx takes Keras' layout; the others the rewritten model's
+        out = runner.infer(inputs if name == "onnx_raw" else feeds_cf)
+        got[name] = out if name == "onnx_raw" else {k: output_to_keras(facts, k, v) for k, v in out.items()}
+        runner.close()
+    results = {stage: compare_outputs(ref, got[stage], settings.rtol, settings.atol) for stage in RUNNERS
                if stage in got}
-    if missing_pt2:   # every model must come with a model.pt2: its absence fails; onnx2torch is optional
+    if missing_pt2:   # its absence fails; onnx2torch is optional
         results["torch_pt2"] = {k: {**compare_arrays(v, np.full_like(v, np.nan), settings.rtol, settings.atol),
                                     "error": missing_pt2} for k, v in ref.items()}
     warnings = [w for k, v in ref.items() if (w := degenerate(k, v))]

@@ -3,86 +3,24 @@
 Writes ``import/model.py`` (generated PyTorch source, see ``codegen``; it needs torch and
 safetensors only), ``import/model.safetensors`` (its weights), ``import/model.pt2`` (a
 ``torch.export`` program of that module with a dynamic batch dimension) and
-``import/import.json``. Loading never uses full pickle: ``load()`` reads the pt2 program,
-or the generated module with its safetensors weights when no pt2 could be made.
+``import/import.json``; with onnx2torch's port of the same graph, ``import/onnx2torch.safetensors``
+(its weights, for the per-layer debugger) and ``onnx2torch_status`` in ``import.json``.
+Loading is the runners' part: ``pipeline.runners.load(mdir)`` reads the pt2 program, or the
+generated module with its safetensors weights when no pt2 could be made, never full pickle.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.artifacts import ModelDir, StageClock, atomic_dir, read_json, write_json
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
-from pipeline.core.names import NameIndex
 from pipeline.core.reference import inputs_for, load_reference
-
-
-def convert_onnx(path: Path, model_name: str, layers: list[str] | None = None):
-    """onnx2torch on ``path``; a missing converter names the node, op type and opset."""
-    from onnx2torch import convert
-
-    from pipeline.core.untrusted import load_onnx
-
-    proto = load_onnx(path, "import", model_name)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return static_shapes(convert(proto))
-    except NotImplementedError as e:
-        node, op = _node_of(proto, str(e))
-        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-        raise PipelineError("import", f"onnx2torch has no converter: {e}", model=model_name, node=node,
-                            op_type=op, layer=NameIndex(proto.graph, layers).layer_of(node), hint=f"register one for opset {opset} with "
-                            "onnx2torch.node_converters.add_converter(operation_type=..., version=...)") from e
-
-
-def static_shapes(module):
-    """Reshape and Tile with a constant shape/repeats read them as Python ints, not from a
-    tensor at run time (onnx2torch's ``torch.any(shape == 0)`` is a data-dependent branch
-    that stops ``torch.export``/``torch.compile`` with a dynamic batch). In place."""
-    import torch
-    from onnx2torch.node_converters.reshape import OnnxReshape
-    from onnx2torch.node_converters.tile import OnnxTile
-
-    class StaticReshape(torch.nn.Module):
-        def __init__(self, shape):
-            super().__init__()
-            self.shape = shape
-
-        def forward(self, x, _shape=None):
-            return torch.reshape(x, [x.shape[i] if d == 0 else d for i, d in enumerate(self.shape)])
-
-    class StaticTile(torch.nn.Module):
-        def __init__(self, repeats):
-            super().__init__()
-            self.repeats = repeats
-
-        def forward(self, x, _repeats=None):
-            return x.repeat(self.repeats)
-
-    graph = getattr(module, "graph", None)
-    for node in graph.nodes if graph is not None else []:
-        if node.op != "call_module" or len(node.args) != 2 or getattr(node.args[1], "op", None) != "get_attr":
-            continue
-        sub = module.get_submodule(node.target)
-        if not isinstance(sub, (OnnxReshape, OnnxTile)):
-            continue
-        value = [int(v) for v in module.get_buffer(node.args[1].target).reshape(-1).tolist()]
-        parent, _, name = node.target.rpartition(".")
-        owner = module.get_submodule(parent) if parent else module
-        setattr(owner, name, StaticReshape(value) if isinstance(sub, OnnxReshape) else StaticTile(value))
-    return module
-
-
-def _node_of(proto, message: str):
-    for n in proto.graph.node:
-        if n.op_type in message:
-            return n.name, n.op_type
-    return None, None
+from pipeline.runners.pytorch import convert_onnx
 
 
 def _example_args(mdir: ModelDir):
@@ -125,7 +63,6 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
     """Generate ``model.py`` + ``model.safetensors`` from ``torch.onnx``, export ``model.pt2``
     from the generated module, and record whether onnx2torch converts the graph too."""
     clock = StageClock()
-    import onnx
     import onnx2torch
     import torch
     from safetensors.numpy import save_file
@@ -170,38 +107,3 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         record = {"stage": "import", **clock.record()}
         write_json(d / "import.json", {**info, "stage": record})
     return record
-
-
-def load(mdir: ModelDir):
-    """The converted torch module, loaded without full pickle: the ``model.pt2`` program,
-    or the generated ``model.py`` with its safetensors weights when no pt2 could be made."""
-    d = mdir.require("import", "import.json")
-    info = read_json(d / "import.json")
-    if info["format"] == "pt2":
-        return load_pt2(mdir)
-    return load_generated(mdir)
-
-
-def load_pt2(mdir: ModelDir):
-    """``import/model.pt2`` as a module; refused if the archive holds any pickled payload
-    (``torch.export.load`` would unpickle it)."""
-    import torch
-
-    from pipeline.core.untrusted import check_pt2
-
-    path = mdir.stage("import") / "model.pt2"
-    check_pt2(path, mdir.root.name)
-    return torch.export.load(str(path)).module()
-
-
-def load_generated(mdir: ModelDir):
-    """The generated ``import/model.py`` with ``model.safetensors`` loaded."""
-    from pipeline import codegen
-
-    d = mdir.require("import", "model.py", "model.safetensors")
-    return codegen.load_generated(d / "model.py").eval()
-
-
-def load_onnx2torch(mdir: ModelDir):
-    """onnx2torch's port of ``rewrite/torch.onnx`` (a torch.fx module), for comparison."""
-    return convert_onnx(mdir.stage("rewrite") / "torch.onnx", mdir.root.name).eval()

@@ -247,9 +247,9 @@ def _torch_module(mdir: ModelDir, model_name: str):
     """onnx2torch on ``torch.onnx`` with the import stage's weights (node names intact)."""
     from safetensors.torch import load_file
 
-    from pipeline.stages import importer
+    from pipeline.runners import onnx2torch_module
 
-    module = importer.convert_onnx(mdir.stage("rewrite") / "torch.onnx", model_name)
+    module = onnx2torch_module(mdir)   # converted once per process (compare's port, when it ran here)
     weights = mdir.stage("import") / "onnx2torch.safetensors"
     if weights.exists():
         module.load_state_dict(load_file(str(weights)))

@@ -1,0 +1,252 @@
+"""Keras on TensorFlow, in a process of its own (TensorFlow and torch never share one).
+
+``KerasRunner(mdir, build="pkg.module:function")`` starts ``python -m
+pipeline.runners.keras_tf`` on first use and drives it over a pipe: one JSON line per
+request and per reply, arrays through ``.npz`` files in a temporary folder of the runner
+(read with ``allow_pickle=False``). The worker builds the model once, as
+``function(mdir)`` (imported by name in the worker, so the caller decides what is run:
+``pipeline.stages.compare:keras_model`` is the model the export stage exported; a float64
+twin of it is another builder), and keeps it. ``recorded(mdir)`` gives a builder the spec
+and settings the export stage recorded.
+
+Each call runs the model as export does: one ``tf.function`` (graph-mode kernels), inputs
+in ``export/meta.json``'s order (floating inputs cast to the dtype of the model's inputs,
+so a float64 twin gets float64), outputs named as in ``meta.json``. The worker times the
+call itself (``last_inference_time()``: seconds inside TensorFlow, without the transfer),
+with ``threads`` intra- and inter-op threads (0: TensorFlow's default), so a benchmark
+can use it as it is. A failure in the worker (building the model, a call) is a
+PipelineError with the worker's message; the worker's stderr goes to the runner's
+temporary folder, and its last lines come with the error when the worker dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.core.artifacts import ModelDir, read_json
+from pipeline.core.config import Settings
+from pipeline.core.errors import PipelineError
+from pipeline.core.spec import ModelSpec
+from pipeline.runners.base import Runner
+
+TIMEOUT_S = 1800   # one request (building the model included)
+
+
+class KerasRunner(Runner):
+    """The Keras model ``build(mdir)`` (``build``: "pkg.module:function") in a TensorFlow
+    worker process."""
+
+    def __init__(self, mdir: ModelDir, build: str, *, threads: int = 0, name: str = "keras",
+                 stage: str = "compare", timeout_s: float = TIMEOUT_S):
+        super().__init__(name, model=mdir.root.name, stage=stage)
+        self.mdir, self.build, self.threads, self.timeout_s = mdir, build, threads, timeout_s
+        self._proc = self._tmp = None
+        self._seconds = None
+        self._calls = 0
+
+    def _meta(self) -> dict:
+        return read_json(self.mdir.require("export", "meta.json") / "meta.json")
+
+    def _input_names(self) -> list[str]:
+        return [i["name"] for i in self._meta()["inputs"]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self._meta()["outputs"]]
+
+    def last_inference_time(self) -> float | None:
+        """Seconds the last ``infer`` spent in the model, measured in the worker."""
+        return self._seconds
+
+    def start(self) -> None:
+        """Start the worker and build the model (``infer`` does it on first use)."""
+        if self._proc is not None:
+            return
+        self._tmp = Path(tempfile.mkdtemp(prefix="keras-runner-"))
+        log = open(self._tmp / "worker.log", "wb")
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
+        self._proc = subprocess.Popen([sys.executable, "-m", "pipeline.runners.keras_tf"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=log, env=env)
+        log.close()
+        try:
+            self._ask({"cmd": "build", "mdir": str(self.mdir.root), "build": self.build, "threads": self.threads})
+        except PipelineError:
+            self.close()   # no model to serve: the next call starts a worker again
+            raise
+
+    def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.start()
+        self._calls += 1
+        src, dest = self._tmp / f"in-{self._calls}.npz", self._tmp / f"out-{self._calls}.npz"
+        np.savez(src, **feeds)
+        try:
+            reply = self._ask({"cmd": "infer", "feeds": str(src), "dest": str(dest)})
+            with np.load(dest, allow_pickle=False) as z:
+                out = {k: z[k] for k in z.files}
+        finally:
+            src.unlink(missing_ok=True)
+            dest.unlink(missing_ok=True)
+        self._seconds = reply["seconds"]
+        return out
+
+    def _ask(self, msg: dict) -> dict:
+        proc = self._proc
+        proc.stdin.write((json.dumps(msg) + "\n").encode())
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], self.timeout_s)
+        line = proc.stdout.readline() if ready else b""
+        if not line:
+            why = "did not answer in time" if not ready else f"died (exit status {proc.wait()})"
+            tail = self._log_tail()
+            self.close()
+            raise PipelineError(self.stage, f"runner {self.name!r}: the Keras worker process {why}"
+                                + (f": {tail}" if tail else ""), model=self.model)
+        reply = json.loads(line)
+        if "error" in reply:
+            raise PipelineError(self.stage, f"runner {self.name!r}: {reply['error']}", model=self.model)
+        return reply
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            text = (self._tmp / "worker.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def close(self) -> None:
+        """End the worker and remove the temporary folder."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            try:
+                if proc.poll() is None:
+                    proc.stdin.write(b'{"cmd": "quit"}\n')
+                    proc.stdin.flush()
+                proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+            for f in (proc.stdin, proc.stdout):
+                f.close()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    def __del__(self):
+        if self._proc is not None:
+            self.close()
+
+
+# ---------------------------------------------------------------- the worker process
+
+
+def recorded(mdir: ModelDir) -> tuple[ModelSpec, Settings]:
+    """The model spec and settings the export stage recorded in ``export/meta.json``."""
+    meta = read_json(mdir.require("export", "meta.json") / "meta.json")
+    raw = dict(meta["settings"])
+    raw["custom_objects"] = tuple(raw.get("custom_objects", ()))
+    return ModelSpec(**meta["spec"]), Settings(**raw)
+
+
+def _builder(spec: str):
+    import importlib
+
+    module, _, function = spec.partition(":")
+    if not module or not function:
+        raise ValueError(f"build must name a function as 'pkg.module:function', not {spec!r}")
+    return getattr(importlib.import_module(module), function)
+
+
+def _flatten(result) -> list:
+    """A Keras model call's result (a tensor, a list or a dict) as a list, as export flattens it."""
+    if isinstance(result, dict):
+        return list(result.values())
+    return list(result) if isinstance(result, (list, tuple)) else [result]
+
+
+class _Model:
+    """The worker's model and the ``tf.function`` that calls it as export does."""
+
+    def __init__(self, mdir: ModelDir, build: str, threads: int):
+        import tensorflow as tf
+
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        meta = read_json(mdir.stage("export") / "meta.json")
+        self.inputs = [i["name"] for i in meta["inputs"]]
+        self.outputs = [o["name"] for o in meta["outputs"]]
+        model = _builder(build)(mdir)
+        keras_inputs = getattr(model, "inputs", None) if hasattr(model, "layers") else None
+        self.dtypes = [np.dtype(getattr(t.dtype, "as_numpy_dtype", t.dtype)) for t in keras_inputs] \
+            if keras_inputs and len(keras_inputs) == len(self.inputs) else [None] * len(self.inputs)
+        if hasattr(model, "layers"):   # a Keras (or tf.keras) model
+            def call(*xs):
+                return _flatten(model(list(xs) if len(xs) > 1 else xs[0], training=False))
+        else:                          # a SavedModel signature: a dict by output name
+            import re
+
+            def call(*xs):
+                res = model(*xs)
+                named = {re.sub(r"[^A-Za-z0-9_.\-/]", "_", k): v for k, v in res.items()}
+                return [named[n] for n in self.outputs]
+        self.fn = tf.function(call, autograph=False)
+        self.tf = tf
+
+    def __call__(self, feeds: dict) -> tuple[dict, float]:
+        xs = []
+        for n, d in zip(self.inputs, self.dtypes):
+            v = feeds[n]
+            if d is not None and np.issubdtype(v.dtype, np.floating) and np.issubdtype(d, np.floating):
+                v = v.astype(d)
+            xs.append(self.tf.constant(v))
+        t0 = time.perf_counter()
+        res = [np.asarray(r) for r in self.fn(*xs)]   # the copy out included, as torch returns tensors
+        return dict(zip(self.outputs, res)), time.perf_counter() - t0
+
+
+def _serve(requests, reply_to) -> None:
+    model = None
+    for line in requests:
+        msg = json.loads(line)
+        try:
+            if msg["cmd"] == "build":
+                model = _Model(ModelDir(Path(msg["mdir"])), msg["build"], int(msg.get("threads") or 0))
+                reply = {"inputs": model.inputs, "outputs": model.outputs}
+            elif msg["cmd"] == "infer":
+                with np.load(msg["feeds"], allow_pickle=False) as z:
+                    feeds = {k: z[k] for k in z.files}
+                out, seconds = model(feeds)
+                np.savez(msg["dest"], **out)
+                reply = {"seconds": seconds}
+            else:
+                reply = {"ok": True}
+        except Exception as e:   # the runner raises it as a PipelineError; the worker keeps serving
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            reply = {"error": f"{type(e).__name__}: {first}" if not isinstance(e, PipelineError) else str(e)}
+        reply_to.write(json.dumps(reply) + "\n")
+        reply_to.flush()
+        if msg["cmd"] == "quit":
+            return
+
+
+def main() -> int:
+    # replies go to the pipe; anything the model code prints goes to stderr (the log)
+    reply_to = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    _serve(sys.stdin, reply_to)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
