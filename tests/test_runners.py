@@ -230,3 +230,11 @@ def test_keras_runner_reports_a_builder_that_fails(mdir, feeds):
     with runners.KerasRunner(mdir, "pipeline.stages.compare:no_such_builder") as keras_runner:
         with pytest.raises(PipelineError, match="runner 'keras': AttributeError: .*no_such_builder"):
             keras_runner.infer(feeds[0])
+
+
+def test_keras_runner_reports_a_worker_that_dies(mdir, feeds):
+    """``sys.exit(mdir)`` as the builder: the worker exits with status 1 and says why on stderr."""
+    runner = runners.KerasRunner(mdir, "sys:exit")
+    with pytest.raises(PipelineError, match=r"the Keras worker process died \(exit status 1\): .*ModelDir"):
+        runner.infer(feeds[0])
+    assert runner._proc is None and runner._tmp is None   # nothing left behind

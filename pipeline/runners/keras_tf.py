@@ -101,11 +101,16 @@ class KerasRunner(Runner):
 
     def _ask(self, msg: dict) -> dict:
         proc = self._proc
-        proc.stdin.write((json.dumps(msg) + "\n").encode())
-        proc.stdin.flush()
-        ready, _, _ = select.select([proc.stdout], [], [], self.timeout_s)
+        try:
+            proc.stdin.write((json.dumps(msg) + "\n").encode())
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], self.timeout_s)
+        except BrokenPipeError:   # the worker is gone: say how, below
+            ready = [proc.stdout]
         line = proc.stdout.readline() if ready else b""
         if not line:
+            if not ready:
+                proc.kill()
             why = "did not answer in time" if not ready else f"died (exit status {proc.wait()})"
             tail = self._log_tail()
             self.close()
@@ -142,7 +147,7 @@ class KerasRunner(Runner):
             self._tmp = None
 
     def __del__(self):
-        if self._proc is not None:
+        if getattr(self, "_proc", None) is not None:
             self.close()
 
 
