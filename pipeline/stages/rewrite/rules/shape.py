@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from pipeline.stages.rewrite.context import dims
-from pipeline.core.perm import after_inserting, after_removing, inverse
+from pipeline.core.perm import after_removing, inverse
 from pipeline.core.registry import handles
 from pipeline.stages.rewrite.rules.common import data_perm, norm_axis
 
