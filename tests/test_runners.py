@@ -79,7 +79,9 @@ def test_outputs_match_keras(mdir, feeds, kind):
     inputs, cf, ref = feeds
     facts = read_json(mdir.stage("rewrite") / "rewrite.json")
     with _runner(kind, mdir) as runner:
+        assert runner.last_inference_time() is None
         got = runner.infer(inputs if kind == "onnx_raw" else cf)
+        assert runner.last_inference_time() > 0   # the backend's call alone
     assert sorted(got) == sorted(ref)
     for k, v in ref.items():
         g = got[k] if kind == "onnx_raw" else output_to_keras(facts, k, got[k])
@@ -238,3 +240,33 @@ def test_keras_runner_reports_a_worker_that_dies(mdir, feeds):
     with pytest.raises(PipelineError, match=r"the Keras worker process died \(exit status 1\): .*ModelDir"):
         runner.infer(feeds[0])
     assert runner._proc is None and runner._tmp is None   # nothing left behind
+
+
+def test_keras_runner_float64_twin(mdir, feeds):
+    """``dtype="float64"``: the same model computing in float64, near Keras' float32 outputs."""
+    inputs, _, ref = feeds
+    with runners.KerasRunner(mdir, "pipeline.stages.compare:keras_model", dtype="float64") as twin:
+        got = twin.infer(inputs)
+    assert sorted(got) == sorted(ref)
+    for k, v in ref.items():
+        assert got[k].dtype == np.float64, k
+        np.testing.assert_allclose(got[k], v, rtol=0, atol=1e-5 * float(np.abs(v).max()), err_msg=k)
+        assert not np.array_equal(got[k].astype(np.float32), v), k   # not the float32 model again
+
+
+def test_keras_runner_float64_twin_needs_the_recorded_model(mdir, feeds, tmp_path):
+    """No twin of a model that does not give back Keras' recorded outputs: it would prove nothing."""
+    import shutil
+
+    copy = ModelDir.of(tmp_path, NAME)
+    shutil.copytree(mdir.root, copy.root)
+    path = copy.stage("export") / "reference.npz"
+    with np.load(path) as z:
+        arrays = {k: z[k] * np.float32(1.01) if k.startswith("output:") else z[k] for k in z.files}
+    np.savez(path, **arrays)
+    with runners.KerasRunner(copy, "pipeline.stages.compare:keras_model", dtype="float64") as twin:
+        with pytest.raises(PipelineError, match=r"runner 'keras': the model rebuilt from tests/models.py:multi_io "
+                                                r"does not reproduce Keras' recorded output '\w+' \(max \|diff\|"):
+            twin.infer(feeds[0])
+    with pytest.raises(ValueError, match="dtype must be"):
+        runners.KerasRunner(mdir, "pipeline.stages.compare:keras_model", dtype="float16")

@@ -20,11 +20,13 @@ class Runner:
 
     ``name`` says which runner it is in messages and results (compare uses its result keys,
     ``onnx_raw``, ``torch_pt2``, ...); ``model`` and ``stage`` go into its errors.
-    Subclasses implement ``_input_names()`` and ``_infer_impl(feeds)``; ``close()`` frees
-    what the runner holds (a runner is also a context manager)."""
+    Subclasses implement ``_input_names()`` and ``_infer_impl(feeds)``, and set
+    ``_inference_time`` to the seconds of the backend's own call; ``close()`` frees what
+    the runner holds (a runner is also a context manager)."""
 
     def __init__(self, name: str, *, model: str | None = None, stage: str = "compare"):
         self.name, self.model, self.stage = name, model, stage
+        self._inference_time: float | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -59,6 +61,12 @@ class Runner:
             raise
         except Exception as e:   # onnxruntime, torch and TensorFlow raise many types
             raise self._failure("failed", e) from e
+
+    def last_inference_time(self) -> float | None:
+        """Seconds the last ``infer`` spent in the backend's call alone (the session run, the
+        module call, the TensorFlow function), without checking feeds or converting arrays;
+        None before the first."""
+        return self._inference_time
 
     def _failure(self, what: str, e: Exception) -> PipelineError:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""

@@ -5,9 +5,17 @@ pipeline.runners.keras_tf`` on first use and drives it over a pipe: one JSON lin
 request and per reply, arrays through ``.npz`` files in a temporary folder of the runner
 (read with ``allow_pickle=False``). The worker builds the model once, as
 ``function(mdir)`` (imported by name in the worker, so the caller decides what is run:
-``pipeline.stages.compare:keras_model`` is the model the export stage exported; a float64
-twin of it is another builder), and keeps it. ``recorded(mdir)`` gives a builder the spec
-and settings the export stage recorded.
+``pipeline.stages.compare:keras_model`` is the model the export stage exported), and
+keeps it. ``recorded(mdir)`` gives a builder the spec and settings the export stage
+recorded.
+
+``dtype="float64"``: the worker runs a float64 twin of the built model instead (the same
+functional or sequential Keras 3 model rebuilt from its config with every float32 dtype
+made float64, the weights cast), after checking that the float32 model it was built from
+reproduces Keras' outputs in ``export/reference.npz`` (``REBUILD_RTOL``; else the twin
+proves nothing). Compare's float64 check of Keras' own precision runs it. A model that
+has no twin (a SavedModel signature, a subclassed model, an op without float64) is a
+PipelineError that says why.
 
 Each call runs the model as export does: one ``tf.function`` (graph-mode kernels), inputs
 in ``export/meta.json``'s order (floating inputs cast to the dtype of the model's inputs,
@@ -40,18 +48,25 @@ from pipeline.core.spec import ModelSpec
 from pipeline.runners.base import Runner
 
 TIMEOUT_S = 1800   # one request (building the model included)
+# a float64 twin is made only from a model that gives back Keras' recorded output this closely
+REBUILD_RTOL = 1e-6
 
 
 class KerasRunner(Runner):
     """The Keras model ``build(mdir)`` (``build``: "pkg.module:function") in a TensorFlow
-    worker process."""
+    worker process; with ``dtype="float64"``, its float64 twin. ``cwd``: the worker's
+    working folder (where the recorded model spec's relative paths start; default: this
+    process's)."""
 
-    def __init__(self, mdir: ModelDir, build: str, *, threads: int = 0, name: str = "keras",
-                 stage: str = "compare", timeout_s: float = TIMEOUT_S):
+    def __init__(self, mdir: ModelDir, build: str, *, dtype: str = "float32", threads: int = 0,
+                 name: str = "keras", stage: str = "compare", timeout_s: float = TIMEOUT_S,
+                 cwd: str | Path | None = None):
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' (the model as built) or 'float64' (its twin), not {dtype!r}")
         super().__init__(name, model=mdir.root.name, stage=stage)
-        self.mdir, self.build, self.threads, self.timeout_s = mdir, build, threads, timeout_s
+        self.mdir, self.build, self.dtype, self.threads = mdir, build, dtype, threads
+        self.timeout_s, self.cwd = timeout_s, cwd
         self._proc = self._tmp = None
-        self._seconds = None
         self._calls = 0
 
     def _meta(self) -> dict:
@@ -64,10 +79,6 @@ class KerasRunner(Runner):
     def output_names(self) -> list[str]:
         return [o["name"] for o in self._meta()["outputs"]]
 
-    def last_inference_time(self) -> float | None:
-        """Seconds the last ``infer`` spent in the model, measured in the worker."""
-        return self._seconds
-
     def start(self) -> None:
         """Start the worker and build the model (``infer`` does it on first use)."""
         if self._proc is not None:
@@ -76,10 +87,11 @@ class KerasRunner(Runner):
         log = open(self._tmp / "worker.log", "wb")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
         self._proc = subprocess.Popen([sys.executable, "-m", "pipeline.runners.keras_tf"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=log, env=env)
+                                      stdout=subprocess.PIPE, stderr=log, env=env, cwd=self.cwd)
         log.close()
         try:
-            self._ask({"cmd": "build", "mdir": str(self.mdir.root), "build": self.build, "threads": self.threads})
+            self._ask({"cmd": "build", "mdir": str(self.mdir.root.resolve()), "build": self.build,
+                       "dtype": self.dtype, "threads": self.threads})
         except PipelineError:
             self.close()   # no model to serve: the next call starts a worker again
             raise
@@ -96,7 +108,7 @@ class KerasRunner(Runner):
         finally:
             src.unlink(missing_ok=True)
             dest.unlink(missing_ok=True)
-        self._seconds = reply["seconds"]
+        self._inference_time = reply["seconds"]   # measured in the worker
         return out
 
     def _ask(self, msg: dict) -> dict:
@@ -178,19 +190,56 @@ def _flatten(result) -> list:
     return list(result) if isinstance(result, (list, tuple)) else [result]
 
 
+class Unavailable(ValueError):
+    """The model cannot be run as asked (no float64 twin of it); the message says why."""
+
+
+def _as_float64(config):
+    """A Keras config with every float32 dtype (policies, input dtypes) made float64."""
+    if isinstance(config, dict):
+        return {k: ("float64" if v == "float32" and k in ("dtype", "name") else _as_float64(v))
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [_as_float64(v) for v in config]
+    return config
+
+
+def float64_twin(model):
+    """A copy of the functional/sequential Keras 3 ``model`` computing in float64."""
+    import keras
+
+    if not isinstance(model, keras.Model) or type(model).__name__ not in ("Functional", "Sequential"):
+        raise Unavailable(f"{type(model).__module__}.{type(model).__name__} is not a Keras 3 functional or "
+                          "sequential model: no config to rebuild it in float64 from")
+    twin = type(model).from_config(_as_float64(model.get_config()))
+    twin.set_weights([w.astype(np.float64) if np.issubdtype(w.dtype, np.floating) else w
+                      for w in model.get_weights()])
+    return twin
+
+
 class _Model:
     """The worker's model and the ``tf.function`` that calls it as export does."""
 
-    def __init__(self, mdir: ModelDir, build: str, threads: int):
+    def __init__(self, mdir: ModelDir, build: str, threads: int, dtype: str = "float32"):
         import tensorflow as tf
 
         if threads:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(threads)
+        self.tf = tf
         meta = read_json(mdir.stage("export") / "meta.json")
         self.inputs = [i["name"] for i in meta["inputs"]]
         self.outputs = [o["name"] for o in meta["outputs"]]
-        model = _builder(build)(mdir)
+        if dtype == "float64" and meta["spec"]["kind"] == "savedmodel":
+            raise Unavailable("a SavedModel signature has no Keras config to rebuild in float64")
+        self._use(_builder(build)(mdir))
+        if dtype == "float64":
+            self._check_rebuild(mdir, meta["spec"]["target"])
+            self._use(float64_twin(self.model))
+
+    def _use(self, model) -> None:
+        """Run ``model`` from now on (its input dtypes, one ``tf.function``)."""
+        self.model = model
         keras_inputs = getattr(model, "inputs", None) if hasattr(model, "layers") else None
         self.dtypes = [np.dtype(getattr(t.dtype, "as_numpy_dtype", t.dtype)) for t in keras_inputs] \
             if keras_inputs and len(keras_inputs) == len(self.inputs) else [None] * len(self.inputs)
@@ -204,8 +253,20 @@ class _Model:
                 res = model(*xs)
                 named = {re.sub(r"[^A-Za-z0-9_.\-/]", "_", k): v for k, v in res.items()}
                 return [named[n] for n in self.outputs]
-        self.fn = tf.function(call, autograph=False)
-        self.tf = tf
+        self.fn = self.tf.function(call, autograph=False)
+
+    def _check_rebuild(self, mdir: ModelDir, target: str) -> None:
+        """The model gives back Keras' recorded outputs (``REBUILD_RTOL`` of their scale)."""
+        from pipeline.core.reference import load_reference
+
+        inputs, ref = load_reference(mdir.stage("export") / "reference.npz")
+        again, _ = self(inputs)
+        for k, v in ref.items():
+            scale = float(np.max(np.abs(v))) or 1.0
+            diff = float(np.max(np.abs(again[k] - v))) if again[k].shape == v.shape else float("inf")
+            if diff > REBUILD_RTOL * scale:
+                raise Unavailable(f"the model rebuilt from {target} does not reproduce Keras' recorded output {k!r} "
+                                  f"(max |diff| {diff:.3g}, scale {scale:.3g})")
 
     def __call__(self, feeds: dict) -> tuple[dict, float]:
         xs = []
@@ -219,13 +280,21 @@ class _Model:
         return dict(zip(self.outputs, res)), time.perf_counter() - t0
 
 
+def _message(e: Exception) -> str:
+    if isinstance(e, (PipelineError, Unavailable)):
+        return str(e)
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}"
+
+
 def _serve(requests, reply_to) -> None:
     model = None
     for line in requests:
         msg = json.loads(line)
         try:
             if msg["cmd"] == "build":
-                model = _Model(ModelDir(Path(msg["mdir"])), msg["build"], int(msg.get("threads") or 0))
+                model = _Model(ModelDir(Path(msg["mdir"])), msg["build"], int(msg.get("threads") or 0),
+                               msg.get("dtype", "float32"))
                 reply = {"inputs": model.inputs, "outputs": model.outputs}
             elif msg["cmd"] == "infer":
                 with np.load(msg["feeds"], allow_pickle=False) as z:
@@ -236,8 +305,7 @@ def _serve(requests, reply_to) -> None:
             else:
                 reply = {"ok": True}
         except Exception as e:   # the runner raises it as a PipelineError; the worker keeps serving
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            reply = {"error": f"{type(e).__name__}: {first}" if not isinstance(e, PipelineError) else str(e)}
+            reply = {"error": _message(e)}
         reply_to.write(json.dumps(reply) + "\n")
         reply_to.flush()
         if msg["cmd"] == "quit":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,11 @@ class OnnxRuntimeRunner(Runner):
         return [i.name for i in self.session.get_inputs()]
 
     def _infer_impl(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = self.output_names
-        return dict(zip(names, self.session.run(names, feeds)))
+        names, session = self.output_names, self.session
+        t0 = time.perf_counter()
+        out = session.run(names, feeds)
+        self._inference_time = time.perf_counter() - t0
+        return dict(zip(names, out))
 
     def close(self) -> None:
         self._session = None

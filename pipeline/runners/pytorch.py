@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -195,8 +196,11 @@ class TorchRunner(Runner):
         import torch
 
         module = self.module
+        xs = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names]
         with torch.no_grad():
-            res = module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.input_names])
+            t0 = time.perf_counter()
+            res = module(*xs)
+            self._inference_time = time.perf_counter() - t0
         names = self.output_names
         if isinstance(res, dict):
             res = [res[k] for k in names]

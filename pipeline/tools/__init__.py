@@ -1,1 +1,1 @@
-"""Tools built on the stages: debug (per layer), zoo (batches), bench (speed, cost), float64 (precision)."""
+"""Tools built on the stages: debug (per layer), zoo (batches), bench (speed, cost)."""

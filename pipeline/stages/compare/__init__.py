@@ -9,16 +9,21 @@ reason, where onnx2torch has no converter for an op), ``torch_codegen`` (the gen
 All numbers live here. Per output and stage: max |diff|, max relative error (to
 max|Keras output|), and pass/fail against ``rtol * max|Keras output| + atol``. NaN in a
 candidate always fails. Writes ``compare/compare.json``; the report is built from it.
+
+After a strict mismatch (unless ``--no-float64-check``), ``float32_precision`` measures how
+far Keras' own float32 output is from exact math: the Keras runner runs a float64 twin of
+the exported model (``KerasRunner(mdir, "pipeline.stages.compare:keras_model",
+dtype="float64")``, a TensorFlow process of its own) on the reference inputs, and a failing
+stage passes if it is at most ``FLOAT64_FACTOR`` times as far from that result as Keras is.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.core.artifacts import ModelDir, StageClock, atomic_dir, read_json, write_json
 from pipeline.core.config import Settings
+from pipeline.core.errors import PipelineError
 from pipeline.core.reference import inputs_for, load_reference, output_to_keras
 
 # the runners compared with Keras, in the order of the results (report.json, the zoo's table)
@@ -57,7 +62,7 @@ def compare_outputs(ref: dict, got: dict, rtol: float, atol: float) -> dict:
     return {k: compare_arrays(ref[k], got.get(k, np.array(np.nan)), rtol, atol) for k in ref}
 
 
-def float32_precision(mdir: ModelDir, ref: dict, got: dict, results: dict) -> dict:
+def float32_precision(mdir: ModelDir, inputs: dict, ref: dict, got: dict, results: dict) -> dict:
     """After a strict mismatch: how far Keras' own float32 output is from exact (float64) math.
 
     Where that distance is near the tolerance or above, the tolerance asks for more than
@@ -66,22 +71,22 @@ def float32_precision(mdir: ModelDir, ref: dict, got: dict, results: dict) -> di
     output is at most ``FLOAT64_FACTOR`` times as far from the float64 result as Keras' is
     (so at most 3x that from Keras; a real fault, far from both, still fails); it gets
     ``float32_precision`` {keras_vs_float64, stage_vs_float64}. Updates ``results`` in place;
-    returns what was measured, or why it could not be (see ``pipeline/tools/float64.py``)."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
+    returns what was measured, or why it could not be.
 
-    with tempfile.TemporaryDirectory() as tmp:
-        dest = Path(tmp) / "float64.npz"
-        proc = subprocess.run([sys.executable, "-m", "pipeline.tools.float64", str(mdir.root), str(dest)],
-                              capture_output=True, text=True, timeout=FLOAT64_TIMEOUT_S)
-        if proc.returncode != 0 or not dest.exists():
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            why = json.loads(lines[-1])["unavailable"] if lines else (proc.stderr.strip().splitlines() or ["?"])[-1]
-            return {"available": False, "reason": why[:500]}
-        with np.load(dest, allow_pickle=False) as z:
-            exact = {k.split(":", 1)[1]: z[k] for k in z.files}
+    The float64 result is the Keras runner's float64 twin of the exported model on the
+    reference ``inputs`` (``KerasRunner(..., dtype="float64")``, a TensorFlow process of its
+    own): the same model rebuilt with float64 weights and float64 computation, made only if
+    the float32 model rebuilt first reproduces Keras' recorded outputs. A SavedModel, a
+    subclassed model or an op without float64 has no twin: then ``available`` is False with
+    the ``reason``."""
+    from pipeline.runners import KerasRunner
+
+    try:
+        with KerasRunner(mdir, "pipeline.stages.compare:keras_model", dtype="float64", name="keras_float64",
+                         timeout_s=FLOAT64_TIMEOUT_S) as runner:
+            exact = runner.infer(inputs)
+    except PipelineError as e:   # any reason the float64 twin cannot be made is an answer, not a crash
+        return {"available": False, "reason": e.info.message[:500]}
 
     def dist(a, k):
         return float(np.max(np.abs(np.asarray(a, np.float64) - exact[k])))
@@ -162,7 +167,7 @@ def run(mdir: ModelDir, settings: Settings, torch_module=None) -> dict:
     warnings = [w for k, v in ref.items() if (w := degenerate(k, v))]
     precision = None
     if settings.float64_check and not all(r["ok"] for s in results.values() for r in s.values()):
-        precision = float32_precision(mdir, ref, got, results)
+        precision = float32_precision(mdir, inputs, ref, got, results)
     ok = all(r["ok"] for s in results.values() for r in s.values())
     passed = {s: all(r["ok"] for r in results[s].values()) for s in results}
     summary = {
