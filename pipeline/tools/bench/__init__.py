@@ -4,22 +4,25 @@ Per model of ``configs/bench.toml``: conversion cost (seconds and peak RSS per s
 this pipeline against plain tf2onnx + onnx2torch as a user chains them, then float32
 inference latency at each batch size, with every candidate run once per round in a
 rotating order (so load on the machine hits them alike): the converted torch model eager
-and under ``torch.compile``, onnxruntime on ``nchw.onnx``, Keras on TensorFlow (a worker
-process of its own, driven in step over a pipe) and, where torchvision has the same
-architecture, the torchvision model. Prints medians and ratios; writes ``bench.json``.
+and under ``torch.compile``, onnxruntime on ``nchw.onnx``, Keras on TensorFlow (the
+runners' ``KerasRunner``: a worker process of its own, driven in step over a pipe, timing
+each call itself) and, where torchvision has the same architecture, the torchvision model.
+Models run through ``pipeline.runners`` (their loaders, ``OnnxRuntimeRunner``,
+``KerasRunner``), all on the CPU with ``threads`` intra-op threads. Prints medians and
+ratios; writes ``bench.json``.
 
-- ``config``        the bench config, the workers' environment, the Keras model of an entry
-- ``cost``          conversion cost: the pipeline against plain tf2onnx + onnx2torch
-- ``latency``       the interleaved timing rounds (``inputs``: what they run on)
-- ``keras_worker``  Keras timed in a TensorFlow process of its own
-- ``twin``          torchvision's model with the converted weights
-- ``tables``        the printed tables
-- ``__main__``      ``python -m pipeline.tools.bench``, and the worker subcommands
+- ``config``    the bench config, the workers' environment, the Keras model of an entry
+- ``cost``      conversion cost: the pipeline against plain tf2onnx + onnx2torch
+- ``latency``   the interleaved timing rounds (``inputs``: what they run on)
+- ``twin``      torchvision's model with the converted weights
+- ``tables``    the printed tables
+- ``__main__``  ``python -m pipeline.tools.bench``, and the plain-conversion subcommands
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -44,6 +47,7 @@ def main(argv=None) -> int:
                         "with the costs measured when they were made)")
     p.add_argument("--threads", type=int, help="intra-op threads of every candidate (0: framework defaults)")
     args = p.parse_args(argv)
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""   # every candidate on the CPU: the Keras worker inherits it
     cfg = load_config(Path(args.config))
     if args.rounds:
         cfg = BenchConfig(**{**cfg.__dict__, "rounds": {int(k): int(v) for k, v in

@@ -1,5 +1,5 @@
 """What ``make bench`` measures: the models and repetitions of ``configs/bench.toml``, and
-the environment of its worker processes."""
+the environment of its plain-conversion worker processes."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def load_config(path: Path) -> BenchConfig:
 
 def load_keras(model: str):
     """In a TensorFlow process: (Keras model, settings, input specs [(name, shape, dtype)]) of
-    a bench entry's ``model`` ("default": the default config's model)."""
+    a bench entry's ``model`` ("default": the default config's model), for the plain
+    tf2onnx export (the timed Keras model is the one the pipeline exported: ``latency``)."""
     from pipeline.core.config import load_settings
     from pipeline.core.spec import resolve
     from pipeline.stages import export

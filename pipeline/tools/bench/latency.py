@@ -1,21 +1,39 @@
 """Float32 inference latency: every candidate run once per round, in a rotating order (so
-load on the machine hits them alike); medians per candidate and batch size."""
+load on the machine hits them alike); medians per candidate and batch size.
+
+The torch candidates are the runners' loaded module (``runners.load``: ``model.pt2``, else
+the generated module), under ``torch.compile`` too, and torchvision's twin, each called
+here under ``torch.inference_mode``. onnxruntime (``OnnxRuntimeRunner`` on ``nchw.onnx``)
+and Keras (``KerasRunner``: a TensorFlow process of its own, driven in step over a pipe)
+are timed by their runners: ``last_inference_time()``, the backend's call alone (for
+Keras, measured in its process). Every framework gets ``threads`` intra-op threads."""
 
 from __future__ import annotations
 
 import statistics
 import time
 
+import numpy as np
+
 from pipeline.core.artifacts import ModelDir
-from pipeline.tools.bench.config import BenchConfig, BenchModel
-from pipeline.tools.bench.inputs import torch_inputs
-from pipeline.tools.bench.keras_worker import KerasWorker
+from pipeline.core.errors import PipelineError
+from pipeline.tools.bench.config import REPO, BenchConfig, BenchModel
+from pipeline.tools.bench.inputs import converted_inputs, keras_inputs
 from pipeline.tools.bench.twin import torchvision_twin
+
+# the Keras model the export stage exported (its recorded spec and settings)
+KERAS_BUILD = "pipeline.stages.compare:keras_model"
 
 
 def latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
     """Median seconds per candidate and batch size, candidates interleaved round by round."""
-    import onnxruntime as ort
+    try:
+        return _latency(bm, mdir, cfg)
+    except PipelineError as e:   # a runner that cannot load or run its model
+        raise SystemExit(f"bench: timing {bm.name} failed: {e}") from e
+
+
+def _latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
     import torch
 
     from pipeline import runners
@@ -26,24 +44,26 @@ def latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
     cands = {"torch": module}
     if cfg.compile:
         cands["torch.compile"] = torch.compile(module)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if cfg.threads:
-        opts.intra_op_num_threads = opts.inter_op_num_threads = cfg.threads
-    sess = ort.InferenceSession(str(mdir.stage("rewrite") / "nchw.onnx"), opts, providers=["CPUExecutionProvider"])
     extra = {}
     if bm.torchvision:
         cands["torchvision"], extra["torchvision_agreement"] = torchvision_twin(mdir, bm.torchvision, module)
-    keras = KerasWorker(bm.model, cfg.threads)
+    # timed by their runners; the same thread count (0: onnxruntime's and TensorFlow's defaults)
+    ort = runners.OnnxRuntimeRunner(mdir.stage("rewrite") / "nchw.onnx", name="onnxruntime", model=bm.name,
+                                    stage="bench", threads=cfg.threads)
+    keras = runners.KerasRunner(mdir, KERAS_BUILD, threads=cfg.threads, name="keras", stage="bench", cwd=REPO)
     names = [*cands, "onnxruntime", "keras"]
-    result, warm, t_start = {}, {}, time.perf_counter()
+    result, warm = {}, {}
     try:
+        keras.start()           # TensorFlow and the model load before the clock starts,
+        _ = ort.input_names     # and so does the onnxruntime session (not in its warm-up time)
+        t_start = time.perf_counter()
         for batch in cfg.batches:
-            xs = torch_inputs(mdir, batch)
-            feeds = {i.name: x.numpy() for i, x in zip(sess.get_inputs(), xs)}
-            runs = {n: (lambda m=m: m(*xs)) for n, m in cands.items()}
-            runs["onnxruntime"] = lambda: sess.run(None, feeds)
-            keras.prepare(batch, cfg.warmup)
+            feeds, keras_feeds = converted_inputs(mdir, batch), keras_inputs(mdir, batch)
+            xs = [torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()]
+            for _ in range(cfg.warmup):   # Keras first, in its process (not in warmup_seconds)
+                keras.infer(keras_feeds)
+            runs = {n: (lambda m=m, xs=xs: m(*xs)) for n, m in cands.items()}
+            runs["onnxruntime"] = lambda feeds=feeds: ort.infer(feeds)
             times = {n: [] for n in names}
             with torch.inference_mode():
                 for n, fn in runs.items():
@@ -56,7 +76,11 @@ def latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
                     for k in range(len(names)):
                         n = names[(r + k) % len(names)]
                         if n == "keras":
-                            times[n].append(keras.run())
+                            keras.infer(keras_feeds)
+                            times[n].append(keras.last_inference_time())
+                        elif n == "onnxruntime":
+                            ort.infer(feeds)
+                            times[n].append(ort.last_inference_time())
                         else:
                             t0 = time.perf_counter()
                             runs[n]()
@@ -64,5 +88,6 @@ def latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
             result[batch] = {n: {"median_s": statistics.median(t), "runs": len(t)} for n, t in times.items()}
     finally:
         keras.close()
+        ort.close()
     return {"latency": {str(b): v for b, v in result.items()}, "warmup_seconds": warm,
             "timing_wall_seconds": round(time.perf_counter() - t_start, 1), **extra}
