@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--unsafe", action="store_true", default=None,
                         help="allow Lambda layers and other serialized Python code in the model file: "
                              "loading such a file runs that code, so use it only for files you trust")
+    common.add_argument("--verbose", "-v", action="store_true",
+                        help="show TensorFlow's own log lines (start-up notices, warnings), hidden by default")
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", parents=[common], help="all stages, each in its own process")
@@ -61,10 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(s, parents=[common], help=f"the {s} stage alone, on the previous stage's files")
         if s in ("export", "compare"):
             sp.add_argument("--per-layer", action="store_true",
-                            help="also record (export) / compare (compare) every Keras layer's output")
+                            help="also record (export, into <model>/layers/) / compare (compare, into "
+                                 "<model>/debug/) every Keras layer's output")
         if s == "export":
             sp.add_argument("--layers-only", action="store_true",
-                            help="only record the layers' outputs for an existing export (for debug)")
+                            help="only record the layers' outputs for an existing export, into <model>/layers/ "
+                                 "(for debug)")
     dbg = sub.add_parser("debug", parents=[common], help="per-layer comparison at every stage: the first layer "
                          "that goes wrong, and the step that broke it (runs missing stages first)")
     dbg.add_argument("--bisect", action="store_true",
@@ -106,16 +110,21 @@ def _stage(command: str, args) -> int:
 def _stage_locked(command: str, args, settings, spec, mdir: ModelDir) -> int:
     from pipeline.core import report
 
+    if command == "export" and args.layers_only:   # no stage run: the stage's failure and report stay
+        from pipeline.stages import export
+
+        rec = export.record_layers(spec, settings, args.out)
+        print(f"{spec.name}: layer outputs recorded in {export.layers.folder(mdir)} in {rec['seconds']:.1f} s, "
+              f"peak RSS {rec['peak_rss_mb']:.0f} MB")
+        return 0
     if mdir.error.exists():
         mdir.error.unlink()   # a re-run replaces the previous failure
     if command == "export":
         from pipeline.stages import export
 
-        if args.layers_only:
-            rec = export.record_layers(spec, settings, args.out)
-            print(f"{spec.name}: layer outputs recorded in {rec['seconds']:.1f} s, peak RSS {rec['peak_rss_mb']:.0f} MB")
-            return 0
         rec = export.run(spec, settings, args.out, per_layer=args.per_layer)
+        if args.per_layer:
+            print(f"{spec.name}: layer outputs recorded in {export.layers.folder(mdir)}")
     elif command == "rewrite":
         from pipeline.stages import rewrite
 
@@ -139,7 +148,7 @@ def _stage_locked(command: str, args, settings, spec, mdir: ModelDir) -> int:
 
             layers = debug.run(mdir, settings)
             print(debug.table(layers))
-            print(f"per-layer report: {mdir.stage('compare') / 'report.html'}")
+            print(f"per-layer report: {debug.folder(mdir) / 'report.html'}")
             return 0 if rep["status"] == "ok" and layers["status"] == "ok" else 1
         return 0 if rep["status"] == "ok" else 1
     print(f"{spec.name}: {command} done in {rec['seconds']:.1f} s, peak RSS {rec['peak_rss_mb']:.0f} MB")
@@ -157,12 +166,6 @@ def _print_rewrite(mdir: ModelDir) -> None:
           f"outputs {f['outputs_channels_first']}")
     for t in f["remaining"]:
         print(f"  kept {t['node']} perm={t['perm']}: {'; '.join(t['reasons'])}")
-
-
-def _run_stage_process(stage: str, argv: list[str]) -> int:
-    """Run ``python -m pipeline <stage> ...`` in a child process; its exit status."""
-    proc = subprocess.run([sys.executable, "-m", "pipeline", stage, *argv])
-    return proc.returncode
 
 
 def _die_with_parent() -> None:
@@ -261,32 +264,62 @@ def _convert_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> in
     return 0 if rep["status"] == "ok" else 1
 
 
-def _debug(args, argv: list[str]) -> int:
-    """Run the stages that are missing (export with --per-layer), then ``debug.run``."""
-    from pipeline.stages import compare
-    from pipeline.tools import debug
-    from pipeline.core import report
+# the file that shows a stage has results: ``debug`` runs a stage that lacks it, and every later one
+_STAGE_RESULT = {"export": "raw.onnx", "rewrite": "torch.onnx", "import": "import.json", "compare": "compare.json"}
 
+
+def _debug(args, argv: list[str]) -> int:
     settings, spec, mdir = _model_of(args)
-    stage_argv = [a for a in argv if a != "--bisect"]
-    needed = {"export": "raw.onnx", "rewrite": "torch.onnx", "import": "import.json"}
-    missing = False
-    for stage, f in needed.items():
-        missing = missing or not (mdir.stage(stage) / f).exists()
-        if missing:
+    with runstate.model_lock(mdir) as owner:
+        if owner:
+            for done in runstate.clean_stale(mdir):
+                print(f"{spec.name}: {done} (left by a killed run)", flush=True)
+        return _debug_locked(args, [a for a in argv if a != "--bisect"], settings, spec, mdir)
+
+
+def _debug_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
+    """The stages whose results are missing, each in a process of its own (export with
+    ``--per-layer``), fingerprinted as ``convert`` does; compare again when a stage's files
+    changed since it ran; Keras' layer outputs (``<model>/layers/``) when missing or made for
+    another export; then ``debug.run`` here, into ``<model>/debug/``.
+
+    Stage results that exist are debugged as they are, never redone (a graph edited by hand
+    stays as it is), so after ``convert`` this writes no stage folder at all."""
+    from pipeline.core import report
+    from pipeline.core.artifacts import read_json
+    from pipeline.stages import compare
+    from pipeline.stages.export import layers as keras_layers
+    from pipeline.tools import debug
+
+    env, previous, missing, fresh = runstate.lock_env(mdir), None, False, True
+    for stage in STAGES:
+        inputs = runstate.fingerprint(stage, previous, spec, settings)
+        missing = missing or not (mdir.stage(stage) / _STAGE_RESULT[stage]).exists()
+        fresh = fresh and not missing and runstate.up_to_date(mdir, stage, inputs)
+        ran = missing or (stage == "compare" and not fresh)
+        if ran:
             print(f"== {spec.name}: {stage}", flush=True)
-            rc = _run_stage_process(stage, stage_argv + (["--per-layer"] if stage == "export" else []))
-            if rc != 0:
+            rc, _ = _run_stage_child(stage, argv + (["--per-layer"] if stage == "export" else []), env, None)
+            if rc == 0 or (stage == "compare" and rc == 1):
+                runstate.record(mdir, stage, inputs)
+            elif stage != "compare":   # a compare that cannot run a graph: the per-layer runs say where
+                runstate.clean_stale(mdir)
+                report.write(mdir, settings)
                 print(f"{spec.name}: failed at {stage}  (report: {mdir.report})", file=sys.stderr)
                 return 2
-    if not (mdir.stage("export") / "layers.npz").exists():
-        print(f"== {spec.name}: recording Keras layer outputs", flush=True)
-        if _run_stage_process("export", stage_argv + ["--layers-only"]) != 0:
-            return 2
-    try:
-        print(compare.table(compare.run(mdir, settings)))
-    except PipelineError as e:   # a graph that cannot run at all: the per-layer run says where
-        print(f"error: {e}", file=sys.stderr)
+        elif fresh:
+            print(f"== {spec.name}: {stage} (up to date, skipped)", flush=True)
+        else:
+            print(f"== {spec.name}: {stage} (changed since it ran: debugged as it is; convert would redo it)",
+                  flush=True)
+        if stage == "compare" and not ran:   # its table, as the stage printed it
+            print(compare.table(read_json(mdir.stage("compare") / "compare.json")))
+        if stage == "export" and not keras_layers.is_current(mdir):
+            print(f"== {spec.name}: recording Keras layer outputs", flush=True)
+            if _run_stage_child("export", argv + ["--layers-only"], env, None)[0] != 0:
+                print(f"{spec.name}: failed recording the Keras layers' outputs", file=sys.stderr)
+                return 2
+        previous = runstate.outputs_hash(mdir, stage)
     rep = report.write(mdir, settings)
     layers = debug.run(mdir, settings, bisect=args.bisect)
     print(debug.table(layers))
@@ -296,13 +329,17 @@ def _debug(args, argv: list[str]) -> int:
               f"{b['data']}; {'reproduces the error' if b['reproduces'] else 'does NOT reproduce the error alone'}")
     elif b:
         print(f"bisect: {b['skipped']}")
-    print(f"{spec.name}: {layers['status']}  (per-layer report: {mdir.stage('compare') / 'report.html'})")
+    print(f"{spec.name}: {layers['status']}  (per-layer report: {debug.folder(mdir) / 'report.html'})")
     return 0 if rep["status"] == "ok" and layers["status"] == "ok" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if getattr(args, "verbose", False):   # for this process and every one it starts (see export/tfenv.py)
+        from pipeline.stages.export.tfenv import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
     try:
         if args.command == "convert":
             return _convert(args, argv[1:])

@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline.stages import export  # noqa: E402
+from pipeline.stages.export import tf2onnx_path  # noqa: E402
 
-export._quiet_tf()
+tf = export.import_tf()
 import onnx  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import models  # noqa: E402
 
@@ -40,7 +40,7 @@ proto, ext = export.tf2onnx_convert(fn, sig, 17, large_model=False)
 assert ext == {}
 onnx.save(proto, out / "plain.onnx")
 
-export.HOLD_OUT_BYTES = hold
+tf2onnx_path.HOLD_OUT_BYTES = hold   # read by its hold-out when freezing
 frozen = export.freeze(fn, sig)
 print("held", sorted(frozen["held"]))
 proto, ext = export.convert_frozen(frozen, 17)

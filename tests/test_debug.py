@@ -17,6 +17,7 @@ from onnx import numpy_helper
 
 from conftest import ENV, REPO, cli
 from pipeline.tools import debug
+from pipeline.tools.debug import running
 from pipeline.core.names import layer_of_name
 
 RTOL, ATOL = 1e-5, 1e-7   # the pipeline's defaults, used by debug for every layer
@@ -83,8 +84,8 @@ def test_onnx_intermediates_in_bounded_chunks(clean, monkeypatch):
     tensors = [n.output[0] for n in graph.node]
     whole = dict(debug.onnx_tensors(_nchw(clean), feeds, tensors, {}))
     sessions = []
-    real = debug._session
-    monkeypatch.setattr(debug, "_session", lambda proto, names: sessions.append(len(names)) or real(proto, names))
+    real = running.session
+    monkeypatch.setattr(running, "session", lambda proto, names: sessions.append(len(names)) or real(proto, names))
     sizes = {t: v.nbytes for t, v in whole.items()}
     budget = 2 * max(sizes.values())
     chunked = dict(debug.onnx_tensors(_nchw(clean), feeds, tensors, sizes, chunk_mb=budget / 2**20))
@@ -99,14 +100,14 @@ def test_compare_per_layer_and_missing_layer_outputs(clean, tmp_path):
     assert "every layer within tolerance" in proc.stdout
     assert layers_json(clean)["status"] == "ok"
     shutil.copytree(clean / NAME, tmp_path / NAME)
-    (tmp_path / NAME / "export" / "layers.npz").unlink()
+    (tmp_path / NAME / "layers" / "layers.npz").unlink()
     proc = cli("compare", "--per-layer", "--model", MODEL, "--out", tmp_path)
     assert proc.returncode == 2 and "layers.npz is missing" in proc.stderr and "--layers-only" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def layers_json(out: Path) -> dict:
-    return json.loads((out / NAME / "compare" / "layers.json").read_text())
+    return json.loads((out / NAME / "debug" / "debug.json").read_text())
 
 
 def test_matching_model_every_layer_within_tolerance(clean):
@@ -114,14 +115,14 @@ def test_matching_model_every_layer_within_tolerance(clean):
     assert summary["status"] == "ok" and summary["verdict"] is None
     assert [r["layer"] for r in summary["layers"]] == ["conv_a", "conv_b", "concat", "relu", "flatten", "dense"]
     for r in summary["layers"]:
-        for stage in debug.STAGES:
+        for stage in debug.LAYER_RUNS:
             c = r["stages"][stage]
             assert c is not None, (r["layer"], stage, "no tensor matched")
             assert c["max_abs_err"] <= RTOL * c["scale"] + ATOL, (r["layer"], stage, c)
     # channels-first tensors were transposed back (the rewrite has no Transpose before the conv outputs)
     assert summary["layers"][0]["stages"]["onnx_nchw"]["layout"] == "cf"
     assert summary["layers"][0]["stages"]["onnx_raw"]["layout"] == "cl"
-    assert (clean / NAME / "compare" / "report.html").is_file()
+    assert (clean / NAME / "debug" / "report.html").is_file()
 
 
 def test_tf_keras_h5_with_batchnorm_fused_into_conv(model_files, tmp_path):
@@ -129,7 +130,7 @@ def test_tf_keras_h5_with_batchnorm_fused_into_conv(model_files, tmp_path):
     the Conv before it: the Conv2D layer has no tensor of its own, the BN layer has the Conv's."""
     proc = cli("debug", "--model", model_files / "tf_keras_conv2d.h5", "--out", tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "tf_keras_conv2d" / "compare" / "layers.json").read_text())
+    summary = json.loads((tmp_path / "tf_keras_conv2d" / "debug" / "debug.json").read_text())
     rows = {r["layer"]: r["stages"] for r in summary["layers"]}
     assert all(c is None for c in rows["conv"].values())
     assert rows["bn"]["onnx_nchw"]["tensor"] == "model/bn/FusedBatchNormV3:0"
@@ -277,11 +278,11 @@ def test_html_report_renders_in_headless_chromium(clean, tmp_path, chromium):
     shutil.copytree(clean / NAME, tmp_path / NAME)
     drop_transpose_before_flatten(tmp_path)
     assert cli("debug", "--model", MODEL, "--out", tmp_path).returncode == 1
-    page = tmp_path / NAME / "compare" / "report.html"
+    page = tmp_path / NAME / "debug" / "report.html"
     proc = browse(chromium, page, tmp_path, "--dump-dom")
     dom = proc.stdout
     assert "<svg" in dom and 'id="error-plot"' in dom, proc.stderr[-2000:]
-    assert len(re.findall(r'<polyline class="stage-line"', dom)) == len(debug.STAGES)
+    assert len(re.findall(r'<polyline class="stage-line"', dom)) == len(debug.LAYER_RUNS)
     rows = re.findall(r'<tr id="first-fail" class="([^"]*)" data-layer="([^"]*)"', dom)
     assert rows == [("first-fail fail", "flatten")], rows
     assert "First wrong: <b>flatten</b> at stage <b>onnx_nchw</b>" in dom
@@ -290,7 +291,7 @@ def test_html_report_renders_in_headless_chromium(clean, tmp_path, chromium):
     proc = browse(chromium, page, tmp_path, f"--screenshot={shot}", "--window-size=1300,1000")
     assert shot.is_file() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
     # the matching model's page renders too, with no row highlighted
-    dom = browse(chromium, clean / NAME / "compare" / "report.html", tmp_path, "--dump-dom").stdout
+    dom = browse(chromium, clean / NAME / "debug" / "report.html", tmp_path, "--dump-dom").stdout
     assert 'id="error-plot"' in dom and 'id="first-fail"' not in dom
     assert "Every layer is within tolerance at every stage" in dom
 

@@ -9,6 +9,8 @@ one step per time step), which tf2onnx writes as plain ops.
 
 from __future__ import annotations
 
+from pipeline.stages.export.savedmodel import SavedModelSignature
+
 RECURRENT = ("LSTM", "GRU", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D", "RNN")
 
 
@@ -45,3 +47,16 @@ def unrolled(model):
     copy = keras.models.clone_model(model, clone_function=clone)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def may_unroll(model) -> bool:
+    """Whether the model has recurrent layers (that tf2onnx may write as a Loop)."""
+    return not isinstance(model, SavedModelSignature) and bool(recurrent_layers(model))
+
+
+def unroll_if_loop(proto, model):
+    """(an unrolled copy of ``model``, its recurrent layers) when tf2onnx wrote a Loop."""
+    if model is None or isinstance(model, SavedModelSignature) or not any(n.op_type == "Loop" for n in proto.graph.node):
+        return None
+    names = recurrent_layers(model)
+    return (unrolled(model), names) if names else None
