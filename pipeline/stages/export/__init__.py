@@ -38,11 +38,8 @@ from pipeline.stages.export.tfenv import import_tf, prepare
 
 record_layers = keras_layers.record
 
-# the spellings tools/bench.py and tools/float64.py still use (the names before they went public)
-_quiet_tf, _input_specs, _flatten_outputs = prepare, input_specs, flatten_outputs
-
 __all__ = ["HOLD_OUT_BYTES", "TF2ONNX_PASSES", "calibrate_batchnorm", "convert_frozen", "flatten_outputs", "freeze",
-           "import_tf", "input_specs", "load_model", "record_layers", "reference_inputs", "run",
+           "import_tf", "input_specs", "load_model", "prepare", "record_layers", "reference_inputs", "run",
            "save_onnx", "tf2onnx_convert"]
 
 
