@@ -136,7 +136,7 @@ def test_conversion_code_leaves_out_the_zoo_and_the_bench_only():
 
     files = {str(f.relative_to(REPO / "pipeline")) for f in runstate.conversion_code()}
     assert not [f for f in files if f.startswith(("tools/zoo/", "tools/bench"))], files
-    assert {"cli.py", "stages/export/__init__.py", "tools/float64.py", "tools/debug/__init__.py"} <= files
+    assert {"cli.py", "stages/export/__init__.py", "runners/keras_tf.py", "tools/debug/__init__.py"} <= files
     assert {"pipeline", "onnx", "torch", "tf2onnx"} <= set(runstate.versions())
 
 

@@ -13,8 +13,8 @@
   Conversion code is every ``.py`` file of the pipeline package except the tools that only
   drive or time conversions (``NOT_CONVERSION_CODE``: tools/zoo, tools/bench). The debug
   tool counts: the zoo judges a model with degenerate outputs by ``compare --per-layer``,
-  which is the debug tool; float64 counts: it decides compare's verdict after a strict
-  mismatch.
+  which is the debug tool; the runners count: their float64 twin of the Keras model
+  decides compare's verdict after a strict mismatch.
 - ``stage_started`` / ``started_stage``: ``<model>/run.json`` says which stage ``convert``
   started last, so that whoever watches it (the zoo) knows where a killed run was.
 """
