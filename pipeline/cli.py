@@ -98,8 +98,6 @@ def _settings(args):
 
 
 def _stage(command: str, args) -> int:
-    from pipeline.core import report
-
     settings, spec, mdir = _model_of(args)
     with runstate.model_lock(mdir) as owner:
         if owner:
@@ -108,7 +106,7 @@ def _stage(command: str, args) -> int:
 
 
 def _stage_locked(command: str, args, settings, spec, mdir: ModelDir) -> int:
-    from pipeline.core import report
+    from pipeline.stages import report
 
     if command == "export" and args.layers_only:   # no stage run: the stage's failure and report stay
         from pipeline.stages import export
@@ -222,7 +220,7 @@ def _convert(args, argv: list[str]) -> int:
 
 def _convert_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
     """Each stage in a process of its own; a stage whose results are up to date is skipped."""
-    from pipeline.core import report
+    from pipeline.stages import report
 
     if mdir.error.exists():
         mdir.error.unlink()
@@ -285,7 +283,7 @@ def _debug_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
 
     Stage results that exist are debugged as they are, never redone (a graph edited by hand
     stays as it is), so after ``convert`` this writes no stage folder at all."""
-    from pipeline.core import report
+    from pipeline.stages import report
     from pipeline.core.artifacts import read_json
     from pipeline.stages import compare
     from pipeline.stages.export import layers as keras_layers

@@ -99,7 +99,7 @@ def test_config_cannot_write_outside_out(tmp_path):
 def test_unsupported_op_names_layer_node_op_and_stage(tmp_path):
     proc = cli("convert", "--model", "tests/bad_models.py:top_k", "--out", tmp_path, timeout=600)
     assert_clean_error(proc, tmp_path, "model 'top_k', stage import, layer 'top_values', node '", "(TopK)",
-                       "no PyTorch converter for ONNX op TopK", '@converter("TopK")')
+                       "no PyTorch converter for ONNX op TopK", '@handles("TopK"', "pipeline/codegen/ops/")
     rep = report(tmp_path, "top_k")
     assert rep["status"] == "failed"
     assert rep["error"]["stage"] == "import" and rep["error"]["op_type"] == "TopK"

@@ -118,7 +118,7 @@ def run_ray(todo, jobs_of, jobs, address, bar, out, done) -> None:
 
 
 def _lost(out: Path, m: ZooModel, job: dict, e: Exception) -> dict:
-    from pipeline.core import report
+    from pipeline.stages import report
 
     mdir = ModelDir.of(out, m.name)
     mdir.root.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def run_one(job: dict) -> dict:
     ``job``: ``ZooModel`` fields plus ``out``, ``config``, ``fingerprint``. Never raises for
     a failure of the model: a crash, a limit or a bad spec is written as its ``error.json``.
     """
-    from pipeline.core import report
+    from pipeline.stages import report
 
     out, name = Path(job["out"]), job["name"]
     mdir = ModelDir.of(out, name)
