@@ -20,6 +20,9 @@ For each node, the walk (``walk``) does two things, in order:
    or, for an op on shape values, stores a shape value. A missing converter stops with a
    ``PipelineError`` naming the node, op type, opset and Keras layer.
 
+``Generated.line_nodes`` maps each line of ``forward`` in ``model.py`` to the node whose
+converter wrote it (``LineOrigin``: node, op type, Keras layer, converter).
+
 Converters read only their own node; fusions across nodes (a bias ``Add`` into the conv or
 Dense before it) are graph rules of the rewrite (``fold_for_torch``). Add a converter with
 ``@handles("OpType", opsets=(lo, None))`` (``pipeline.core.registry``) on a function
@@ -33,6 +36,6 @@ Modules: ``values`` (the value kinds), ``gen`` (the generation state and its hel
 from pipeline.codegen.gen import Gen, Unsupported
 from pipeline.codegen.ops import CONVERTERS, FAMILIES
 from pipeline.codegen.render import load_generated
-from pipeline.codegen.walk import Generated, generate
+from pipeline.codegen.walk import Generated, LineOrigin, generate
 
-__all__ = ["CONVERTERS", "FAMILIES", "Gen", "Generated", "Unsupported", "generate", "load_generated"]
+__all__ = ["CONVERTERS", "FAMILIES", "Gen", "Generated", "LineOrigin", "Unsupported", "generate", "load_generated"]

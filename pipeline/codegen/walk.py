@@ -1,9 +1,12 @@
 """The walk: every node in topological order, folded if it can be, else converted by the
-converter registered for its op type at the model's opset."""
+converter registered for its op type at the model's opset. Each line a converter writes
+into ``forward`` is recorded with its node (``Generated.line_nodes``, by line of
+``model.py``), so that a failure of the generated code names the node and its Keras layer."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from pipeline.codegen.fold import fold
 from pipeline.codegen.gen import Gen, Unsupported
@@ -16,6 +19,17 @@ from pipeline.core.registry import MAX_OPSET, Registry
 _HOME = "pipeline/codegen/ops/"
 
 
+class LineOrigin(NamedTuple):
+    """Where a line of ``forward`` comes from: the ONNX node whose converter wrote it, the
+    node's op type, its Keras layer (``core.names``; None when no layer is near), and the
+    converter that wrote it (``"pad in pipeline/codegen/ops/shape.py"``)."""
+
+    node: str
+    op_type: str
+    layer: str | None
+    converter: str
+
+
 @dataclass
 class Generated:
     source: str
@@ -23,6 +37,11 @@ class Generated:
     modules: dict = field(default_factory=dict)  # submodule name -> ONNX node name
     input_names: list = field(default_factory=list)
     output_names: list = field(default_factory=list)
+    line_nodes: dict = field(default_factory=dict)  # model.py line number (from 1) -> LineOrigin
+
+    def origin(self, line: int) -> LineOrigin | None:
+        """The node that line ``line`` of ``model.py`` is the code of (None outside ``forward``)."""
+        return self.line_nodes.get(line)
 
 
 def generate(proto, model_name: str, keras_layers: list[dict] | None = None, class_name: str = "Model",
@@ -42,15 +61,23 @@ def generate(proto, model_name: str, keras_layers: list[dict] | None = None, cla
         arg = gen.unique(name)
         arg_names.append(arg)
         gen.values[name] = Tensor(arg, gen.dtypes.get(name))
+    origins: dict[int, LineOrigin] = {}   # index in gen.lines -> the node whose converter wrote it
     for node in proto.graph.node:
         if not fold(gen, node):
-            _convert(gen, converters, node)
+            start = len(gen.lines)
+            entry = _convert(gen, converters, node)
+            if len(gen.lines) > start:
+                where = f"{entry.fn.__name__} in {entry.fn.__module__.replace('.', '/')}.py"
+                origin = LineOrigin(node.name, node.op_type, gen.layer_of(node), where)
+                origins.update(dict.fromkeys(range(start, len(gen.lines)), origin))
     outputs = [gen.t(o.name, hint=f"{o.name}_const") for o in proto.graph.output]
-    src = render(gen.init_lines, gen.lines, class_name, arg_names, outputs, model_name)
-    return Generated(src, gen.state, gen.modules, inputs, [o.name for o in proto.graph.output])
+    src, first = render(gen.init_lines, gen.lines, class_name, arg_names, outputs, model_name)
+    return Generated(src, gen.state, gen.modules, inputs, [o.name for o in proto.graph.output],
+                     {first + i: o for i, o in origins.items()})
 
 
-def _convert(gen: Gen, converters: Registry, node) -> None:
+def _convert(gen: Gen, converters: Registry, node):
+    """Run the converter of ``node``; returns its registry entry."""
     entry = converters.lookup(node.op_type, gen.opset) if node.domain in ("", "ai.onnx") else None
     layer = gen.keras_layer(node.name)
     where = dict(model=gen.model_name, node=node.name, op_type=node.op_type, layer=layer)
@@ -66,6 +93,7 @@ def _convert(gen: Gen, converters: Registry, node) -> None:
                             **where)
     try:
         entry.fn(gen, node)
+        return entry
     except Unsupported as e:
         raise PipelineError("import", f"cannot convert {node.op_type} (opset {gen.opset}): {e}" + of_layer,
                             hint=f"extend its converter, {entry.fn.__name__} in {_HOME}{entry.family}.py",
