@@ -1,18 +1,30 @@
-"""``Generated.line_nodes`` maps every line of ``forward`` in ``model.py`` to the ONNX node
-whose converter wrote it, with its op type and Keras layer."""
+"""The import stage runs the generated module once on the reference inputs: code torch
+refuses at run time fails the import stage (exit 2, the previous import/ folder left as it
+was), naming the line of ``model.py``, the ONNX node whose converter wrote it, its op type
+and Keras layer. ``Generated.line_nodes`` maps every line of ``forward`` to that node.
+NaN or inf in the outputs is not an import error (compare judges numbers)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import subprocess
+import sys
 
 import numpy as np
 import onnx
+import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
+from safetensors.numpy import save_file
 
+from conftest import ENV, REPO, cli, report
 from pipeline import codegen
 from pipeline.codegen import CONVERTERS
+from pipeline.core.artifacts import ModelDir, read_json
+from pipeline.core.errors import PipelineError
 from pipeline.core.registry import Registry
+from pipeline.stages.importer.first_run import failure, run_once
 
 LAYERS = [{"name": "conv", "class": "Conv1D"}, {"name": "relu", "class": "ReLU"},
           {"name": "pool", "class": "MaxPooling1D"}, {"name": "flatten", "class": "Flatten"}]
@@ -34,6 +46,26 @@ def _graph() -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 9])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 20])], [w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _with(op_type: str, fn) -> Registry:
+    """``CONVERTERS`` with ``fn`` as the converter of ``op_type``."""
+    reg = Registry("converter")
+    for entries in CONVERTERS.entries().values():
+        for e in entries:
+            reg.add(dataclasses.replace(e, fn=fn) if e.op_type == op_type else e)
+    return reg
+
+
+def reflect_pad_3d(gen, node):
+    """A broken Relu converter: a reflect pad of three dims, which torch refuses on a rank-3 tensor."""
+    gen.emit(node, f"F.pad({gen.t(node.input[0])}, [1, 1, 1, 1, 1, 1], mode='reflect')")
+
+
+def _written(gen, folder):
+    (folder / "model.py").write_text(gen.source)
+    save_file({k: np.ascontiguousarray(v) for k, v in gen.state.items()}, str(folder / "model.safetensors"))
+    return codegen.load_generated(folder / "model.py")
 
 
 def _forward_body(source: str) -> list[int]:
@@ -73,3 +105,93 @@ def test_every_forward_line_maps_to_the_node_that_wrote_it():
                       "functional_1/flatten_1/Reshape": ("Flatten", "flatten"), "Sigmoid__7": ("Sigmoid", "flatten")}
     assert gen.line_nodes[body[0]].converter == "conv in pipeline/codegen/ops/conv.py"
     assert gen.origin(body[-1] + 1) is None and gen.origin(1) is None   # return, docstring
+
+
+def test_runtime_failure_names_node_op_layer_and_line(tmp_path):
+    gen = codegen.generate(_graph(), "broken", LAYERS, converters=_with("Relu", reflect_pad_3d))
+    module = _written(gen, tmp_path)
+    line = next(i for i, l in enumerate(gen.source.splitlines(), 1) if "mode='reflect'" in l)
+    x = torch.randn(2, 3, 9)
+    with pytest.raises(PipelineError) as err:
+        run_once(module, (x,), gen, tmp_path / "model.py", "broken", {l["name"]: l["class"] for l in LAYERS})
+    info = err.value.info
+    assert (info.stage, info.model, info.node, info.op_type, info.layer) == (
+        "import", "broken", "functional_1/relu_1/Relu", "Relu", "relu")
+    assert info.message == (f"running the generated model.py on the reference inputs failed at model.py line {line}, "
+                            "`x2 = F.pad(x1, [1, 1, 1, 1, 1, 1], mode='reflect')`, the code of ONNX Relu node "
+                            "'functional_1/relu_1/Relu' of Keras layer 'relu' (ReLU): NotImplementedError: "
+                            "Padding size 6 is not supported for 3D input tensor.")
+    assert "reflect_pad_3d in test_import_run.py" in info.hint
+    assert isinstance(err.value.__cause__, NotImplementedError)
+    assert str(err.value).startswith("[model 'broken', stage import, layer 'relu', node 'functional_1/relu_1/Relu' "
+                                     "(Relu)] running the generated model.py")
+
+
+def test_a_failure_outside_model_py_names_no_node(tmp_path):
+    gen = codegen.generate(_graph(), "g", LAYERS)
+    e = failure(ValueError("wrong input\nmore"), gen, tmp_path / "model.py", "g", {})
+    assert (e.info.stage, e.info.node, e.info.layer) == ("import", None, None)
+    assert e.info.message == "running the generated model.py on the reference inputs failed: ValueError: wrong input"
+
+
+def test_nan_and_inf_outputs_are_not_an_import_error(tmp_path):
+    nodes = [helper.make_node("Sqrt", ["x"], ["s"], name="functional_1/sqrt_1/Sqrt"),
+             helper.make_node("Reciprocal", ["s"], ["y"], name="functional_1/inv_1/Reciprocal")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])])
+    gen = codegen.generate(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), "nan", [])
+    module = _written(gen, tmp_path)
+    x = torch.tensor([[-1.0, 0.0, 4.0]])
+    run_once(module, (x,), gen, tmp_path / "model.py", "nan")
+    out = module(x)
+    assert torch.isnan(out[0, 0]) and torch.isinf(out[0, 1])
+
+
+# ---- end to end: the import stage alone, in a process whose Relu converter is broken ----------------
+MODEL = "tests/models.py:conv1d_flatten_dense"
+BROKEN_IMPORT = r"""
+import dataclasses, sys
+from pipeline.codegen import CONVERTERS, walk
+from pipeline.core.registry import Registry
+
+def reflect_pad_3d(gen, node):
+    gen.emit(node, f"F.pad({gen.t(node.input[0])}, [1, 1, 1, 1, 1, 1], mode='reflect')")
+
+reg = Registry("converter")
+for entries in CONVERTERS.entries().values():
+    for e in entries:
+        reg.add(dataclasses.replace(e, fn=reflect_pad_3d) if e.op_type == "Relu" else e)
+walk.CONVERTERS = reg
+from pipeline.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_import_stage_fails_naming_the_node_and_keeps_the_previous_import(tmp_path):
+    out = tmp_path / "out"
+    proc = cli("convert", "--model", MODEL, "--out", out)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert report(out, "conv1d_flatten_dense")["status"] == "ok"
+    mdir = ModelDir.of(out, "conv1d_flatten_dense")
+    imp = mdir.stage("import")
+    before = {p.name: p.read_bytes() for p in imp.iterdir()}
+    line_nodes = read_json(imp / "import.json")["line_nodes"]
+    relu_line = next(int(k) for k, o in line_nodes.items() if o["op_type"] == "Relu")
+    assert line_nodes[str(relu_line)] == {"node": "functional_1/conv_1/Relu", "op_type": "Relu", "layer": "conv",
+                                          "converter": "unary in pipeline/codegen/ops/elementwise.py"}
+    assert "F.relu(" in (imp / "model.py").read_text().splitlines()[relu_line - 1]
+
+    proc = subprocess.run([sys.executable, "-c", BROKEN_IMPORT, "import", "--model", MODEL, "--out", str(out)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    first = proc.stderr.strip().splitlines()[0]
+    assert first.startswith("error: [model 'conv1d_flatten_dense', stage import, layer 'conv', "
+                            "node 'functional_1/conv_1/Relu' (Relu)] running the generated model.py on the "
+                            f"reference inputs failed at model.py line {relu_line}, `"), proc.stderr
+    assert first.endswith("mode='reflect')`, the code of ONNX Relu node 'functional_1/conv_1/Relu' of Keras layer "
+                          "'conv' (Conv1D): NotImplementedError: Padding size 6 is not supported for 3D input tensor.")
+    err = read_json(mdir.error)
+    assert (err["stage"], err["node"], err["op_type"], err["layer"]) == (
+        "import", "functional_1/conv_1/Relu", "Relu", "conv")
+    assert {p.name: p.read_bytes() for p in imp.iterdir()} == before   # the stage wrote nothing
+    assert not [p.name for p in mdir.root.iterdir() if p.name.startswith(".import")]

@@ -3,10 +3,16 @@
 Writes ``import/model.py`` (generated PyTorch source, see ``codegen``; it needs torch and
 safetensors only), ``import/model.safetensors`` (its weights), ``import/model.pt2`` (a
 ``torch.export`` program of that module with a dynamic batch dimension) and
-``import/import.json``; with onnx2torch's port of the same graph, ``import/onnx2torch.safetensors``
-(its weights, for the per-layer debugger) and ``onnx2torch_status`` in ``import.json``.
+``import/import.json`` (``line_nodes``: the ONNX node, op type and Keras layer of each line
+of ``forward``, keyed by line of ``model.py``); with onnx2torch's port of the same graph,
+``import/onnx2torch.safetensors`` (its weights, for the per-layer debugger) and
+``onnx2torch_status`` in ``import.json``.
 Loading is the runners' part: ``pipeline.runners.load(mdir)`` reads the pt2 program, or the
 generated module with its safetensors weights when no pt2 could be made, never full pickle.
+
+Before ``torch.export``, the generated module runs once on the reference inputs
+(``first_run``): code torch refuses at run time fails the stage, naming the line of
+``model.py``, its ONNX node and the Keras layer.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.core.reference import inputs_for, load_reference
 from pipeline.runners.pytorch import convert_onnx
+from pipeline.stages.importer.first_run import run_once
 
 
 def _example_args(mdir: ModelDir):
@@ -79,7 +86,8 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
     del proto
     args = _example_args(mdir)
     info = {"torch": torch.__version__, "onnx2torch": getattr(onnx2torch, "__version__", "1.5.15"),
-            "input_names": [i["name"] for i in meta["inputs"]], "modules": gen.modules}
+            "input_names": [i["name"] for i in meta["inputs"]], "modules": gen.modules,
+            "line_nodes": {str(line): o._asdict() for line, o in gen.line_nodes.items()}}
     try:
         o2t = convert_onnx(src / "torch.onnx", meta["model"], layers)
         info["onnx2torch_status"] = "ok"
@@ -89,12 +97,14 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
     with atomic_dir(mdir.stage("import")) as d:
         (d / "model.py").write_text(gen.source)
         save_file({k: np.ascontiguousarray(v) for k, v in gen.state.items()}, str(d / "model.safetensors"))
+        module = codegen.load_generated(d / "model.py")
+        run_once(module, args, gen, d / "model.py", meta["model"],
+                 {entry["name"]: entry["class"] for entry in meta.get("keras_layers", [])})
         if o2t is not None:   # onnx2torch's port keeps ONNX node names: the per-layer debugger runs it
             from safetensors.torch import save_file as save_torch
 
             save_torch({k: v.contiguous() for k, v in o2t.state_dict().items()}, str(d / "onnx2torch.safetensors"))
             del o2t
-        module = codegen.load_generated(d / "model.py")
         try:
             with torch.no_grad(), _quiet():
                 program = export_program(module, args)
