@@ -5,16 +5,14 @@ refuses what it must; onnx2torch's port is converted once per process."""
 from __future__ import annotations
 
 import os
-import pickle
 import subprocess
 import sys
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import ENV, REPO, cli
+from test_untrusted import _poisoned_pt2
 from pipeline import runners
 from pipeline.core.artifacts import ModelDir, read_json
 from pipeline.core.errors import PipelineError
@@ -132,28 +130,13 @@ def test_load_gives_the_pt2_program(mdir, feeds):
         np.testing.assert_array_equal(got[k], want[k])
 
 
-class _Touch:
-    """A pickle that touches a file when it is loaded."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return Path(self.path).touch, ()
-
-
 def test_pt2_holding_pickle_is_refused(mdir, feeds, tmp_path):
     import shutil
 
     copy = ModelDir.of(tmp_path, NAME)
     shutil.copytree(mdir.root, copy.root)
-    src, dst, marker = mdir.stage("import") / "model.pt2", copy.stage("import") / "model.pt2", tmp_path / "ran"
-    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
-        for item in zin.infolist():
-            data = zin.read(item.filename)
-            if "/data/sample_inputs/" in item.filename:
-                data = pickle.dumps(_Touch(marker), protocol=2)
-            zout.writestr(item, data)
+    marker = tmp_path / "ran"
+    _poisoned_pt2(mdir.stage("import") / "model.pt2", copy.stage("import") / "model.pt2", marker)
     with pytest.raises(PipelineError, match="holds pickled payloads"):
         runners.Pt2Runner(copy).infer(feeds[1])
     with pytest.raises(PipelineError, match="holds pickled payloads"):
