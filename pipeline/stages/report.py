@@ -28,7 +28,8 @@ def build(mdir: ModelDir, settings=None) -> dict:
         {"rtol": settings.rtol, "atol": settings.atol} if settings else None)
     rep["max_abs_err"] = (cmp_ or {}).get("max_abs_err", {})
     rep["max_rel_err"] = (cmp_ or {}).get("max_rel_err", {})
-    rep["passed"] = (cmp_ or {}).get("passed", {})       # per stage: which ports reproduce Keras
+    # per stage: which ports reproduce Keras; ``status`` follows model.py and model.pt2 alone
+    rep["passed"] = (cmp_ or {}).get("passed", {})
     rep["skipped"] = (cmp_ or {}).get("skipped", {})
     # set where the strict tolerance failed: Keras' own float32 distance from float64 math
     rep["float32_precision"] = (cmp_ or {}).get("float32_precision")
@@ -58,6 +59,7 @@ def build(mdir: ModelDir, settings=None) -> dict:
     if cmp_:
         rep["outputs"] = cmp_["outputs"]
         rep["warnings"] = cmp_["warnings"]
+        rep["degenerate"] = cmp_.get("degenerate", [])
     if meta:
         rep["inputs"] = meta["inputs"]
         rep["settings"] = meta.get("settings")
