@@ -3,7 +3,8 @@
     python tests/save_models.py OUT_DIR
 
 writes OUT_DIR/<builder>.keras (Keras 3), OUT_DIR/<builder>.h5 (tf.keras 2 through the
-tf-keras package, the format Keras 2 users have) and OUT_DIR/<builder>_savedmodel/.
+tf-keras package, the format Keras 2 users have), OUT_DIR/<builder>_savedmodel/ and
+OUT_DIR/tf_keras_conv2d_savedmodel/ (tf.keras 2's SavedModel: a fused batch norm).
 """
 
 import os
@@ -34,6 +35,7 @@ def tf_keras_conv2d(path: Path) -> None:
     m = tf_keras.Model(x, L.Dense(7, name="dense")(y))
     models.perturb(m)
     m.save(str(path), save_format="h5")
+    m.save(str(path.with_name("tf_keras_conv2d_savedmodel")), save_format="tf")   # as older TF wrote them
     seq = tf_keras.Sequential([tf_keras.Input((32, 2)), L.Conv1D(3, 5, activation="relu"),
                                L.Flatten(), L.Dense(2)])
     models.perturb(seq)

@@ -64,7 +64,9 @@ def test_builder_end_to_end(tmp_path, builder):
     ("tf_keras_conv2d.h5", "tf_keras_conv2d"),
     ("tf_keras_sequential_conv1d.h5", "tf_keras_sequential_conv1d"),
     ("conv3d_savedmodel", "conv3d_savedmodel"),
-], ids=["keras-conv1d", "keras-sequential", "keras-multi-io", "h5-conv2d", "h5-sequential", "savedmodel-conv3d"])
+    ("tf_keras_conv2d_savedmodel", "tf_keras_conv2d_savedmodel"),
+], ids=["keras-conv1d", "keras-sequential", "keras-multi-io", "h5-conv2d", "h5-sequential", "savedmodel-conv3d",
+        "savedmodel-tf-keras"])
 def test_model_files_end_to_end(tmp_path, model_files, file, name):
     assert_ok(cli("convert", "--model", model_files / file, "--out", tmp_path), tmp_path, name)
 

@@ -253,3 +253,24 @@ def test_keras_runner_float64_twin_needs_the_recorded_model(mdir, feeds, tmp_pat
             twin.infer(feeds[0])
     with pytest.raises(ValueError, match="dtype must be"):
         runners.KerasRunner(mdir, "pipeline.stages.compare:keras_model", dtype="float16")
+
+
+@pytest.mark.parametrize("name", ["conv3d_savedmodel", "tf_keras_conv2d_savedmodel"], ids=["keras3", "tf-keras-bn"])
+def test_keras_runner_float64_twin_of_a_savedmodel(model_files, tmp_path, name):
+    """A SavedModel's twin is its signature's frozen graph in float64 (tf.keras' fused batch
+    norm written out): near Keras' float32 outputs, not them; compare's float64 check has it."""
+    proc = cli("convert", "--model", model_files / name, "--out", tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    mdir = ModelDir.of(tmp_path, name)
+    inputs, ref = load_reference(mdir.stage("export") / "reference.npz")
+    with runners.KerasRunner(mdir, "pipeline.stages.compare:keras_model", dtype="float64") as twin:
+        got = twin.infer(inputs)
+    assert sorted(got) == sorted(ref)
+    for k, v in ref.items():
+        assert got[k].dtype == np.float64, k
+        np.testing.assert_allclose(got[k], v, rtol=0, atol=1e-5 * float(np.abs(v).max()), err_msg=k)
+        assert not np.array_equal(got[k].astype(np.float32), v), k
+    # a tolerance float32 cannot meet: the kept ports fail strictly, the float64 check runs
+    proc = cli("compare", "--model", model_files / name, "--out", tmp_path, "--rtol", "0", "--atol", "0")
+    prec = read_json(mdir.report)["float32_precision"]
+    assert prec is not None and prec["available"], (prec, proc.stdout[-2000:])

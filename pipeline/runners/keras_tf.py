@@ -11,11 +11,12 @@ recorded.
 
 ``dtype="float64"``: the worker runs a float64 twin of the built model instead (the same
 functional or sequential Keras 3 model rebuilt from its config with every float32 dtype
-made float64, the weights cast), after checking that the float32 model it was built from
+made float64, the weights cast; for a SavedModel signature, its frozen graph with every
+float32 type and constant made float64, ``float64_graph.py``), after checking that the
+float32 model it was built from (for a SavedModel, the rewritten graph still in float32)
 reproduces Keras' outputs in ``export/reference.npz`` (``REBUILD_RTOL``; else the twin
 proves nothing). Compare's float64 check of Keras' own precision runs it. A model that
-has no twin (a SavedModel signature, a subclassed model, an op without float64) is a
-PipelineError that says why.
+has no twin (a subclassed model, an op without float64) is a PipelineError that says why.
 
 Each call runs the model as export does: one ``tf.function`` (graph-mode kernels), inputs
 in ``export/meta.json``'s order (floating inputs cast to the dtype of the model's inputs,
@@ -46,6 +47,7 @@ from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.core.spec import ModelSpec
 from pipeline.runners.base import Runner
+from pipeline.runners.float64_graph import Unavailable
 
 TIMEOUT_S = 1800   # one request (building the model included)
 # a float64 twin is made only from a model that gives back Keras' recorded output this closely
@@ -190,10 +192,6 @@ def _flatten(result) -> list:
     return list(result) if isinstance(result, (list, tuple)) else [result]
 
 
-class Unavailable(ValueError):
-    """The model cannot be run as asked (no float64 twin of it); the message says why."""
-
-
 def _as_float64(config):
     """A Keras config with every float32 dtype (policies, input dtypes) made float64."""
     if isinstance(config, dict):
@@ -230,10 +228,15 @@ class _Model:
         meta = read_json(mdir.stage("export") / "meta.json")
         self.inputs = [i["name"] for i in meta["inputs"]]
         self.outputs = [o["name"] for o in meta["outputs"]]
-        if dtype == "float64" and meta["spec"]["kind"] == "savedmodel":
-            raise Unavailable("a SavedModel signature has no Keras config to rebuild in float64")
         self._use(_builder(build)(mdir))
-        if dtype == "float64":
+        if dtype == "float64" and meta["spec"]["kind"] == "savedmodel":   # a signature: its frozen graph
+            from pipeline.runners.float64_graph import GraphSignature
+
+            signature = self.model
+            self._use(GraphSignature(signature, "float32"))   # the rewrite alone, checked below
+            self._check_rebuild(mdir, meta["spec"]["target"])
+            self._use(GraphSignature(signature, "float64"))
+        elif dtype == "float64":
             self._check_rebuild(mdir, meta["spec"]["target"])
             self._use(float64_twin(self.model))
 
@@ -243,6 +246,8 @@ class _Model:
         keras_inputs = getattr(model, "inputs", None) if hasattr(model, "layers") else None
         self.dtypes = [np.dtype(getattr(t.dtype, "as_numpy_dtype", t.dtype)) for t in keras_inputs] \
             if keras_inputs and len(keras_inputs) == len(self.inputs) else [None] * len(self.inputs)
+        if getattr(model, "input_dtypes", None) is not None:   # a rewritten SavedModel graph
+            self.dtypes = list(model.input_dtypes)
         if hasattr(model, "layers"):   # a Keras (or tf.keras) model
             def call(*xs):
                 return _flatten(model(list(xs) if len(xs) > 1 else xs[0], training=False))

@@ -109,10 +109,10 @@ def float32_precision(mdir: ModelDir, inputs: dict, ref: dict, got: dict, result
 
     The float64 result is the Keras runner's float64 twin of the exported model on the
     reference ``inputs`` (``KerasRunner(..., dtype="float64")``, a TensorFlow process of its
-    own): the same model rebuilt with float64 weights and float64 computation, made only if
-    the float32 model rebuilt first reproduces Keras' recorded outputs. A SavedModel, a
-    subclassed model or an op without float64 has no twin: then ``available`` is False with
-    the ``reason``."""
+    own): the same model rebuilt with float64 weights and float64 computation (a SavedModel:
+    its signature's frozen graph retyped), made only if the float32 model rebuilt first
+    reproduces Keras' recorded outputs. A subclassed model or an op without float64 has no
+    twin: then ``available`` is False with the ``reason``."""
     from pipeline.runners import KerasRunner
 
     try:
