@@ -55,6 +55,7 @@ class Case:
     before: tuple = ()             # (op, inputs, attrs): nodes ahead of the op, outputs p0, p1, ...
     rtol: float = RTOL
     atol: float = ATOL
+    covers: str | None = None      # the registry's op type it exercises, when not ``op`` (a fused pair)
 
 
 def w(*shape, seed=0, scale=1.0, offset=0.0):
@@ -216,6 +217,12 @@ add("convtranspose2d-groups-output-shape", Case("ConvTranspose", (X((2, 4, 5, 5)
 # ---- linear -------------------------------------------------------------------------------
 add("matmul-linear-rank3", Case("MatMul", (S, w(4, 5, seed=18))))
 add("matmul-runtime", Case("MatMul", (S, X((2, 4, 3)))))
+# a Dense on rank 3+: MatMul -> Add(bias) is fused by the generator into one nn.Linear with bias
+add("dense-bias-rank3", Case("Add", ("p0", w(5, seed=19)), before=(("MatMul", [S, w(4, 5, seed=20)], {}),),
+                             covers="ai.keras2torch::Linear"))
+add("dense-bias-rank4-1-1-c", Case("Add", (w(1, 1, 5, seed=21), "p0"),
+                                   before=(("MatMul", [X((2, 3, 2, 4)), w(4, 5, seed=22)], {}),),
+                                   covers="ai.keras2torch::Linear"))
 add("gemm-transb-alpha-beta", Case("Gemm", (X((3, 6)), w(4, 6, seed=19), w(4, seed=20)),
                                    {"transB": 1, "alpha": 0.5, "beta": 2.0}))
 add("gemm-bias-row", Case("Gemm", (X((3, 6)), w(6, 4, seed=21), w(1, 4, seed=22))))
@@ -366,7 +373,19 @@ def test_every_converter_has_a_case():
         if op in NO_CASE:
             continue
         for e in entries:
-            if not any(c.op == op and e.applies(c.opset) for c in CASES.values()):
+            if not any((c.covers or c.op) == op and e.applies(c.opset) for c in CASES.values()):
                 hi = "" if e.opsets[1] >= MAX_OPSET else e.opsets[1]
                 missing.append(f"{op} opsets {e.opsets[0]}-{hi} ({e.family})")
     assert not missing, missing
+
+
+@pytest.mark.parametrize("case_id", ["dense-bias-rank3", "dense-bias-rank4-1-1-c"])
+def test_dense_bias_on_rank3_is_the_linear_bias(tmp_path, case_id):
+    """ONNX's Gemm is rank 2 only; a Dense on a sequence still becomes one nn.Linear whose
+    bias is a parameter (not a buffer added after a bias-free Linear)."""
+    model, _ = _model(CASES[case_id])
+    gen, module = _generated_module(model, tmp_path, case_id.replace("-", "_"))
+    assert [type(m).__name__ for m in module.children()] == ["Linear"]
+    assert sorted(k.split(".")[-1] for k, _ in module.named_parameters()) == ["bias", "weight"]
+    assert not list(module.buffers())
+    assert "+" not in gen.source.split("def forward")[1].split("def load")[0]

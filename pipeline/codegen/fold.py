@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.codegen.values import Const
 
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
-WEIGHTED = {"Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "BatchNormalization", "MatMul", "Gemm"}
+WEIGHTED = {"Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "BatchNormalization", "MatMul", "Gemm", "Linear"}
 _MAX_ELEMENTS = 10_000_000
 
 

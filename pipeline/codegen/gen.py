@@ -105,7 +105,7 @@ class Gen:
     def module_name(self, node) -> str:
         """The Keras layer that owns the weights (tf2onnx names a Conv with a folded
         BatchNormalization after the BN, its kernel after the conv), else the node's layer."""
-        weight = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1, "Gather": 0}.get(node.op_type)
+        weight = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1, "Linear": 1, "Gather": 0}.get(node.op_type)
         owner = self.keras_layer(node.input[weight]) if weight is not None and len(node.input) > weight else None
         return self.unique(owner or self.layer_of(node) or node.op_type.lower())
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pipeline.codegen.fold import fold
+from pipeline.codegen.fusions import DOMAIN, fuse_dense_bias
 from pipeline.codegen.gen import Gen, Unsupported
 from pipeline.codegen.ops import CONVERTERS
 from pipeline.codegen.render import render
@@ -62,7 +63,7 @@ def generate(proto, model_name: str, keras_layers: list[dict] | None = None, cla
         arg_names.append(arg)
         gen.values[name] = Tensor(arg, gen.dtypes.get(name))
     origins: dict[int, LineOrigin] = {}   # index in gen.lines -> the node whose converter wrote it
-    for node in proto.graph.node:
+    for node in fuse_dense_bias(list(proto.graph.node), gen, {o.name for o in proto.graph.output}):
         if not fold(gen, node):
             start = len(gen.lines)
             entry = _convert(gen, converters, node)
@@ -78,7 +79,8 @@ def generate(proto, model_name: str, keras_layers: list[dict] | None = None, cla
 
 def _convert(gen: Gen, converters: Registry, node):
     """Run the converter of ``node``; returns its registry entry."""
-    entry = converters.lookup(node.op_type, gen.opset) if node.domain in ("", "ai.onnx") else None
+    key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+    entry = converters.lookup(key, gen.opset) if node.domain in ("", "ai.onnx", DOMAIN) else None
     layer = gen.keras_layer(node.name)
     where = dict(model=gen.model_name, node=node.name, op_type=node.op_type, layer=layer)
     of_layer = f", from Keras layer {layer!r} ({gen.layers.get(layer)})" if layer else ""

@@ -1,9 +1,10 @@
 """MatMul and Gemm (``nn.Linear`` when the weight is a constant matrix, else a plain
 matmul) and Einsum.
 
-A Dense layer's bias ``Add`` becomes the Linear's bias only through the rewrite
-(``fold_bias_add`` turns a rank-2 ``MatMul -> Add`` into a ``Gemm``): this converter
-reads only its node.
+A Dense layer's bias ``Add`` becomes the Linear's bias through graph rules, never by a
+converter looking ahead: the rewrite's ``fold_bias_add`` turns a rank-2 ``MatMul -> Add``
+into a ``Gemm``; for rank 3 and more, which ONNX's Gemm does not take, the generator's own
+``fusions.fuse_dense_bias`` makes an ``ai.keras2torch::Linear(x, W, b)`` node.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def gemm(gen: Gen, node):
     if bias is not None:
         bias = np.broadcast_to((bias * a.get("beta", 1.0)).reshape(-1), (w.shape[0],)).astype(np.float32)
     _linear(gen, node, w, bias)
+
+
+@handles("ai.keras2torch::Linear")
+def dense(gen: Gen, node):
+    """``x @ W + b`` on a rank-3+ ``x`` (``fusions.fuse_dense_bias``): ``nn.Linear`` with bias."""
+    w, b = gen.const(node.input[1]), gen.const(node.input[2])
+    _linear(gen, node, w.T, np.ascontiguousarray(b.reshape(-1)))
 
 
 @handles("Einsum")
