@@ -228,13 +228,19 @@ def test_keras_runner_reports_a_worker_that_dies(mdir, feeds):
 def test_keras_runner_float64_twin(mdir, feeds):
     """``dtype="float64"``: the same model computing in float64, near Keras' float32 outputs."""
     inputs, _, ref = feeds
+    _assert_float64_twin(mdir, inputs, ref)
+
+
+def _assert_float64_twin(mdir, inputs, ref):
+    """The twin's outputs: float64, within 1e-5 of each output's scale from Keras' float32
+    ones, and not those same values (not the float32 model again)."""
     with runners.KerasRunner(mdir, "pipeline.stages.compare:keras_model", dtype="float64") as twin:
         got = twin.infer(inputs)
     assert sorted(got) == sorted(ref)
     for k, v in ref.items():
         assert got[k].dtype == np.float64, k
         np.testing.assert_allclose(got[k], v, rtol=0, atol=1e-5 * float(np.abs(v).max()), err_msg=k)
-        assert not np.array_equal(got[k].astype(np.float32), v), k   # not the float32 model again
+        assert not np.array_equal(got[k].astype(np.float32), v), k
 
 
 def test_keras_runner_float64_twin_needs_the_recorded_model(mdir, feeds, tmp_path):
@@ -263,13 +269,7 @@ def test_keras_runner_float64_twin_of_a_savedmodel(model_files, tmp_path, name):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     mdir = ModelDir.of(tmp_path, name)
     inputs, ref = load_reference(mdir.stage("export") / "reference.npz")
-    with runners.KerasRunner(mdir, "pipeline.stages.compare:keras_model", dtype="float64") as twin:
-        got = twin.infer(inputs)
-    assert sorted(got) == sorted(ref)
-    for k, v in ref.items():
-        assert got[k].dtype == np.float64, k
-        np.testing.assert_allclose(got[k], v, rtol=0, atol=1e-5 * float(np.abs(v).max()), err_msg=k)
-        assert not np.array_equal(got[k].astype(np.float32), v), k
+    _assert_float64_twin(mdir, inputs, ref)
     # a tolerance float32 cannot meet: the kept ports fail strictly, the float64 check runs
     proc = cli("compare", "--model", model_files / name, "--out", tmp_path, "--rtol", "0", "--atol", "0")
     prec = read_json(mdir.report)["float32_precision"]
