@@ -26,3 +26,13 @@ def output_to_keras(rewrite_facts: dict, name: str, value: np.ndarray) -> np.nda
     if name in set(rewrite_facts.get("outputs_channels_first", [])):
         return np.transpose(value, to_last(value.ndim))
     return value
+
+
+def flatten_outputs(result) -> list:
+    """A Keras model call's result (a tensor, a list or a dict) as a list, in the order the
+    export stage records outputs (the Keras runner lists them the same way)."""
+    if isinstance(result, dict):
+        return [result[k] for k in result]
+    if isinstance(result, (list, tuple)):
+        return list(result)
+    return [result]

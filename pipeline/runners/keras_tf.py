@@ -45,6 +45,7 @@ import numpy as np
 from pipeline.core.artifacts import ModelDir, read_json
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
+from pipeline.core.reference import flatten_outputs
 from pipeline.core.spec import ModelSpec
 from pipeline.runners.base import Runner
 from pipeline.runners.float64_graph import Unavailable
@@ -185,13 +186,6 @@ def _builder(spec: str):
     return getattr(importlib.import_module(module), function)
 
 
-def _flatten(result) -> list:
-    """A Keras model call's result (a tensor, a list or a dict) as a list, as export flattens it."""
-    if isinstance(result, dict):
-        return list(result.values())
-    return list(result) if isinstance(result, (list, tuple)) else [result]
-
-
 def _as_float64(config):
     """A Keras config with every float32 dtype (policies, input dtypes) made float64."""
     if isinstance(config, dict):
@@ -250,7 +244,7 @@ class _Model:
             self.dtypes = list(model.input_dtypes)
         if hasattr(model, "layers"):   # a Keras (or tf.keras) model
             def call(*xs):
-                return _flatten(model(list(xs) if len(xs) > 1 else xs[0], training=False))
+                return flatten_outputs(model(list(xs) if len(xs) > 1 else xs[0], training=False))
         else:                          # a SavedModel signature: a dict by output name
             import re
 

@@ -29,8 +29,8 @@ from pipeline.core.spec import ModelSpec
 from pipeline.stages.export import layers as keras_layers
 from pipeline.stages.export.keras_model import calibrate_batchnorm, layer_list, load_model
 from pipeline.stages.export.recurrent import may_unroll, unroll_if_loop
-from pipeline.stages.export.reference import (TF_NAME, flatten_outputs, input_specs, output_names,
-                                              reference_inputs)
+from pipeline.core.reference import flatten_outputs
+from pipeline.stages.export.reference import TF_NAME, input_specs, output_names, reference_inputs
 from pipeline.stages.export.savedmodel import SavedModelSignature
 from pipeline.stages.export.tf2onnx_path import (HOLD_OUT_BYTES, TF2ONNX_PASSES, check_converted, convert_frozen,
                                                  freeze, save_onnx, tf2onnx_convert)

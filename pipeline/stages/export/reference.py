@@ -92,10 +92,3 @@ def output_names(model, n: int) -> list[str]:
     return out
 
 
-def flatten_outputs(result) -> list:
-    """A model call's result (a tensor, a list or a dict) as a list."""
-    if isinstance(result, dict):
-        return [result[k] for k in result]
-    if isinstance(result, (list, tuple)):
-        return list(result)
-    return [result]
