@@ -69,6 +69,7 @@ class Gen:
         self.lines: list[str] = []
         self.state: dict[str, np.ndarray] = {}
         self.modules: dict[str, str] = {}
+        self.helpers: dict[str, str] = {}   # name -> source of a module-level helper (class, table)
         self.used: set[str] = {"self", "torch", "nn", "F", "forward"}
         self.const_names: dict[int, str] = {}
         self.n_var = 0
@@ -221,9 +222,13 @@ class Gen:
         """Output 0 of ``node`` is a shape value (no code)."""
         self.values[node.output[0]] = Shape(items, scalar)
 
-    def submodule(self, node, ctor: str, params: dict[str, np.ndarray]) -> str:
-        """``self.<keras layer>`` built by ``ctor``; ``params`` go to its state_dict."""
-        name = self.module_name(node)
+    def helper(self, name: str, source: str) -> None:
+        """Put ``source`` (a class or table named ``name``) at module level in ``model.py``, once."""
+        self.helpers.setdefault(name, source.strip("\n"))
+
+    def submodule(self, node, ctor: str, params: dict[str, np.ndarray], name: str | None = None) -> str:
+        """``self.<keras layer>`` (or ``self.<name>``) built by ``ctor``; ``params`` go to its state_dict."""
+        name = self.unique(name) if name else self.module_name(node)
         self.init_lines.append(f"self.{name} = {ctor}")
         for k, arr in params.items():
             self.state[f"{name}.{k}"] = np.ascontiguousarray(arr)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 
 def render(init_lines: list[str], lines: list[str], class_name: str, args: list[str], outputs: list[str],
-           model_name: str) -> tuple[str, int]:
+           model_name: str, helpers: dict[str, str] | None = None) -> tuple[str, int]:
     """The source of ``model.py``, and the line number (from 1) at which ``lines``, the body
-    of ``forward``, start in it: ``lines[i]`` is line ``first + i``."""
+    of ``forward``, start in it: ``lines[i]`` is line ``first + i``. ``helpers``: module-level
+    sources (cell modules) placed before the model's class, in their order."""
     ret = outputs[0] if len(outputs) == 1 else "(" + ", ".join(outputs) + ",)"
     body = "\n".join(f"        {l}" for l in init_lines) or "        pass"
-    head = _HEAD.format(model_name=repr(model_name), class_name=class_name, body=body, args=", ".join(args))
+    extra = "".join(f"{src}\n\n\n" for src in (helpers or {}).values())
+    head = _HEAD.format(model_name=repr(model_name), class_name=class_name, body=body, args=", ".join(args),
+                        helpers=extra)
     fwd = "".join(f"        {l}\n" for l in lines)
     return head + fwd + _TAIL.format(ret=ret, class_name=class_name), head.count("\n") + 1
 
@@ -29,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class {class_name}(nn.Module):
+{helpers}class {class_name}(nn.Module):
     def __init__(self):
         super().__init__()
 {body}

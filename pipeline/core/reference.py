@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from pipeline.core.perm import to_first, to_last
@@ -36,3 +38,23 @@ def flatten_outputs(result) -> list:
     if isinstance(result, (list, tuple)):
         return list(result)
     return [result]
+
+
+TF_NAME = re.compile(r"[^A-Za-z0-9_.\-/]")
+
+
+def output_names(model, n: int) -> list[str]:
+    """Keras' output names made safe and unique (the names of ``raw.onnx``'s outputs)."""
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != n:
+        names = [f"output_{i}" for i in range(n)]
+    out, seen = [], set()
+    for nm in names:
+        nm = TF_NAME.sub("_", str(nm)).replace("/", "_") or "output"
+        while nm in seen:
+            nm += "_"
+        seen.add(nm)
+        out.append(nm)
+    return out
+
+

@@ -45,7 +45,7 @@ import numpy as np
 from pipeline.core.artifacts import ModelDir, read_json
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
-from pipeline.core.reference import flatten_outputs
+from pipeline.core.reference import flatten_outputs, output_names
 from pipeline.core.spec import ModelSpec
 from pipeline.runners.base import Runner
 from pipeline.runners.float64_graph import Unavailable
@@ -242,9 +242,16 @@ class _Model:
             if keras_inputs and len(keras_inputs) == len(self.inputs) else [None] * len(self.inputs)
         if getattr(model, "input_dtypes", None) is not None:   # a rewritten SavedModel graph
             self.dtypes = list(model.input_dtypes)
-        if hasattr(model, "layers"):   # a Keras (or tf.keras) model
+        if hasattr(model, "layers"):   # a Keras (or tf.keras) model: its outputs in Keras' order,
+            # named as the export stage names them; meta.json lists them in raw.onnx's order
+            keras_order = output_names(model, len(model.outputs)) if getattr(model, "outputs", None) else None
+            if keras_order is None or sorted(keras_order) != sorted(self.outputs):
+                keras_order = self.outputs
+
             def call(*xs):
-                return flatten_outputs(model(list(xs) if len(xs) > 1 else xs[0], training=False))
+                res = flatten_outputs(model(list(xs) if len(xs) > 1 else xs[0], training=False))
+                named = dict(zip(keras_order, res))
+                return [named[n] for n in self.outputs]
         else:                          # a SavedModel signature: a dict by output name
             import re
 

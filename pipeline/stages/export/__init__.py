@@ -18,6 +18,7 @@ and ``export/meta.json`` (input/output names, shapes and dtypes in Keras' layout
 from __future__ import annotations
 
 import gc
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.spec import ModelSpec
 from pipeline.stages.export import layers as keras_layers
 from pipeline.stages.export.keras_model import calibrate_batchnorm, layer_list, load_model
-from pipeline.stages.export.recurrent import may_unroll, unroll_if_loop
+from pipeline.stages.export.recurrent import STUB_OP, may_unroll, stubbed, unroll_if_loop
+from pipeline.stages.export.recurrent_onnx import replace_stubs
 from pipeline.core.reference import flatten_outputs
 from pipeline.stages.export.reference import TF_NAME, input_specs, output_names, reference_inputs
 from pipeline.stages.export.savedmodel import SavedModelSignature
@@ -69,8 +71,9 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         n_out = len(model.outputs) if getattr(model, "outputs", None) is not None else 1
         out_names = output_names(model, n_out)
 
-        def call(*xs):
-            res = flatten_outputs(model(list(xs) if len(xs) > 1 else xs[0], training=False))
+        def call(*xs, keras_model=None):
+            m = keras_model or model
+            res = flatten_outputs(m(list(xs) if len(xs) > 1 else xs[0], training=False))
             return dict(zip(out_names, res))
 
     fn = tf.function(call, input_signature=signature, autograph=False)
@@ -86,17 +89,22 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         raise PipelineError("export", f"Keras' own outputs {bad} contain NaN or inf on the seeded reference inputs; "
                             "this is the model, not the conversion", model=spec.name, kind="keras-nonfinite",
                             hint="check the model's weights, or change seed in the config")
-    try:   # a fresh trace for tf2onnx (see tf2onnx_path._xla_functions_inlined); ``fn`` ran the reference
-        frozen = freeze(tf.function(call, input_signature=signature, autograph=False), signature)
-        layers = layer_list(model)
-        params = int(model.count_params()) if hasattr(model, "count_params") else None
-        if not per_layer and not may_unroll(model):
-            model = None   # the Keras weights are no longer needed: the frozen graph has them
-            gc.collect()
-        proto, external = convert_frozen(frozen, settings.opset)
-        del frozen
-    except Exception as e:
-        raise PipelineError("export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name) from e
+    layers = layer_list(model)
+    params = int(model.count_params()) if hasattr(model, "count_params") else None
+    recurrent, fallback = _recurrent_stubbed(call, signature, model, settings, spec.name)
+    if recurrent is not None:
+        proto, external, stubs = recurrent
+    else:
+        stubs = None
+        try:   # a fresh trace for tf2onnx (see tf2onnx_path._xla_functions_inlined); ``fn`` ran the reference
+            frozen = freeze(tf.function(call, input_signature=signature, autograph=False), signature)
+            if not per_layer and not may_unroll(model):
+                model = None   # the Keras weights are no longer needed: the frozen graph has them
+                gc.collect()
+            proto, external = convert_frozen(frozen, settings.opset)
+            del frozen
+        except Exception as e:
+            raise PipelineError("export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name) from e
     check_converted(proto, spec.name, layers)
     unrolled = unroll_if_loop(proto, model)
     if unrolled:   # recurrent layers came out as an ONNX Loop: convert them unrolled (see recurrent.py)
@@ -124,7 +132,11 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
                      "onnx": onnx.__version__, "numpy": np.__version__},
         "tf2onnx_passes": list(TF2ONNX_PASSES),
         "tf2onnx_large_model": True,
-        "unrolled_recurrent": unrolled[1] if unrolled else [],
+        "unrolled_recurrent": unrolled[1] if unrolled else sorted(stubs.unrolled) if stubs else [],
+        "recurrent": {"modules": list(stubs.done) if stubs else [],
+                      "unrolled": ({n: "tf2onnx wrote a Loop" for n in unrolled[1]} if unrolled else
+                                   dict(stubs.unrolled) if stubs else {}),
+                      **({"fallback": fallback} if fallback else {})},
     }
     with atomic_dir(mdir.stage("export")) as d:
         save_onnx(proto, external, d / "raw.onnx")
@@ -137,3 +149,30 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
     if per_layer and not isinstance(model, SavedModelSignature):
         keras_layers.write(model, mdir, [feeds[n] for n, _, _ in specs], spec.name, StageClock())
     return record
+
+
+def _recurrent_stubbed(call, signature, model, settings: Settings, name: str):
+    """``((proto, external, stubs), None)`` for the model with its recurrent layers as single
+    nodes (``recurrent.py``); ``(None, None)`` when it has none; ``(None, why)`` when the
+    stubbed copy fails to convert (the plain path runs then, and meta.json says why under
+    ``recurrent.fallback``)."""
+    import tensorflow as tf
+
+    if settings.opset < 13:   # the nodes' bodies use opset-13 Split/Unsqueeze
+        return None, None
+    stubs = stubbed(model)
+    if stubs is None:
+        return None, None
+    tf2onnx_log = logging.getLogger("tf2onnx")
+    level = tf2onnx_log.level
+    try:
+        fn = tf.function(lambda *xs: call(*xs, keras_model=stubs.model), input_signature=signature, autograph=False)
+        tf2onnx_log.setLevel(logging.CRITICAL)   # it logs each stub as an op it does not support
+        proto, external = convert_frozen(freeze(fn, signature), settings.opset)
+        tf2onnx_log.setLevel(level)
+        stubs.done = replace_stubs(proto, stubs.specs, STUB_OP, name)
+    except Exception as e:   # the plain path (unrolled where tf2onnx writes a Loop) still converts these
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    finally:
+        tf2onnx_log.setLevel(level)
+    return (proto, external, stubs), None

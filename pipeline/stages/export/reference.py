@@ -5,15 +5,14 @@ confused with ``pipeline.core.reference``, which reads ``reference.npz`` back.
 
 from __future__ import annotations
 
-import re
 
 import numpy as np
 
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
+from pipeline.core.reference import TF_NAME, output_names  # noqa: F401  (export's names, shared with the Keras runner)
 from pipeline.stages.export.savedmodel import SavedModelSignature
 
-TF_NAME = re.compile(r"[^A-Za-z0-9_.\-/]")
 
 
 def input_specs(model, settings: Settings, name: str):
@@ -75,20 +74,3 @@ def reference_inputs(specs, model, settings: Settings) -> dict:
         else:
             feeds[tname] = rng.standard_normal(full).astype(dtype)
     return feeds
-
-
-def output_names(model, n: int) -> list[str]:
-    """Keras' output names made safe and unique (the names of ``raw.onnx``'s outputs)."""
-    names = list(getattr(model, "output_names", None) or [])
-    if len(names) != n:
-        names = [f"output_{i}" for i in range(n)]
-    out, seen = [], set()
-    for nm in names:
-        nm = TF_NAME.sub("_", str(nm)).replace("/", "_") or "output"
-        while nm in seen:
-            nm += "_"
-        seen.add(nm)
-        out.append(nm)
-    return out
-
-

@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.recurrent import DOMAIN as RECURRENT_DOMAIN
 from pipeline.stages.rewrite.rules import RULES
 from pipeline.stages.rewrite.context import Ctx, dims, rank
 from pipeline.core.perm import compose, inverse, is_identity, to_first, to_last
@@ -292,7 +293,7 @@ def transposes(graph: ir.Graph) -> list[ir.Node]:
 CHANNELS_FIRST_OPS = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool",
                       "GlobalMaxPool", "GlobalLpPool", "BatchNormalization", "InstanceNormalization",
                       "Resize", "DepthToSpace", "SpaceToDepth", "MaxUnpool", "RoiAlign")
-SEQUENCE_OPS = ("LSTM", "GRU", "RNN")
+SEQUENCE_OPS = ("LSTM", "GRU", "RNN", "SimpleRNN")
 
 
 def _producer_text(v: ir.Value) -> str:
@@ -312,6 +313,8 @@ def _reason(ctx: Ctx, t: ir.Node, n: ir.Node) -> str:
     if n.op_type in CHANNELS_FIRST_OPS and r >= 3 and p == to_first(r):
         return (f"{head}: {n.op_type} needs channels-first data but {src} produces channels-last "
                 "(no rule moves the Transpose up through it)")
+    if n.op_type in SEQUENCE_OPS and n.domain == RECURRENT_DOMAIN:
+        return f"{head}: the recurrent layer reads (batch, steps, features), as nn.{n.op_type}(batch_first=True) does"
     if n.op_type in SEQUENCE_OPS:
         return f"{head}: {n.op_type} reads (sequence, batch, features), the layout of ONNX recurrent ops"
     if n.op_type in CHANNELS_FIRST_OPS:

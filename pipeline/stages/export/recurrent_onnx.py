@@ -1,0 +1,296 @@
+"""The ONNX side of the recurrent stubs (``recurrent.py``): each ``PyFunc`` stub node becomes
+one ``ai.keras2torch::<kind>`` node (``core.recurrent``), its weights initializers named
+after their Keras variables, its body a model-local function (overload: the layer) made of
+standard ONNX ops so that onnxruntime runs it: a ``Transpose`` to time-major, the ONNX
+``GRU``/``LSTM``/``RNN`` (gate blocks reordered from Keras' order), and the output forms
+of Keras (sequences or last step, merge modes, states). No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from pipeline.core.errors import PipelineError
+from pipeline.core.recurrent import DOMAIN, RecurrentSpec
+
+_ONNX_OP = {"GRU": "GRU", "LSTM": "LSTM", "SimpleRNN": "RNN"}
+# Keras activation -> (ONNX activation, alpha, beta); Keras 3's hard_sigmoid is relu6(x + 3) / 6
+_ACT = {"tanh": ("Tanh", None, None), "sigmoid": ("Sigmoid", None, None), "relu": ("Relu", None, None),
+        "hard_sigmoid": ("HardSigmoid", 1 / 6, 0.5), "linear": ("Affine", 1.0, 0.0)}
+# Keras LSTM gates i f c o -> ONNX i o f c
+_LSTM_ORDER = [0, 3, 1, 2]
+_INT64_MIN = -(2 ** 63)
+
+
+def replace_stubs(proto, specs: dict, op_prefix: str, model_name: str) -> list[str]:
+    """Replace each stub node of ``proto`` by its recurrent node; returns the layers done.
+
+    ``specs``: stub index -> (RecurrentSpec, weights). Raises when a stub is left over."""
+    from onnx import helper, numpy_helper
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
+    pattern = re.compile(rf"(?:^|/){re.escape(op_prefix)}_(\d+)(?:_\d+)?$")
+    taken = {t.name for t in proto.graph.initializer}
+    nodes, functions, done = [], [], []
+    for node in proto.graph.node:
+        m = pattern.search(node.name) if node.op_type == "PyFunc" else None
+        if m is None:
+            nodes.append(node)
+            continue
+        index = int(m.group(1))
+        if index not in specs:
+            raise PipelineError("export", f"recurrent stub {node.name!r} has no layer", model=model_name)
+        spec, weights = specs[index]
+        names = []
+        for path, w in zip(spec.variables, weights):
+            name = path
+            while name in taken:
+                name += "_"
+            taken.add(name)
+            names.append(name)
+            proto.graph.initializer.append(numpy_helper.from_array(w, name))
+        inputs = [node.input[0], *names, *node.input[1:]]
+        scope = node.name.rsplit("/", 1)[0] + "/" if "/" in node.name else ""
+        nodes.append(helper.make_node(spec.op_type, inputs, list(node.output), name=f"{scope}{spec.op_type}",
+                                      domain=DOMAIN, overload=spec.layer, keras=spec.to_json()))
+        functions.append(make_function(spec, opset))
+        done.append(spec.layer)
+    if not done:
+        return done
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    proto.functions.extend(functions)
+    if not any(o.domain == DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    proto.ir_version = max(proto.ir_version, 10)   # function overloads
+    _shapes(proto, {o for n in nodes if n.domain == DOMAIN for o in n.output})
+    return done
+
+
+def _shapes(proto, stub_outputs: set[str]) -> None:
+    """Types for what tf2onnx could not infer through a stub: the stubs' outputs and the
+    graph outputs after them (ONNX's inference reads the new nodes' function bodies)."""
+    import onnx
+
+    keep = [v for v in proto.graph.value_info if v.name not in stub_outputs and v.type.tensor_type.HasField("shape")]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep)
+    missing = [o for o in proto.graph.output if not o.type.tensor_type.HasField("shape")]
+    if not missing:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    for g in (probe.graph,):
+        for o in g.output:
+            if not o.type.tensor_type.HasField("shape"):
+                o.type.tensor_type.ClearField("elem_type")
+    for t in probe.graph.initializer:   # shapes only: no tensor data needed
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+    inferred = onnx.shape_inference.infer_shapes(probe)
+    found = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]
+             if v.type.tensor_type.HasField("shape")}
+    for o in missing:
+        if o.name in found:
+            o.type.CopyFrom(found[o.name].type)
+        else:   # rank unknown: a shape of unknown dims is still a valid type
+            o.type.tensor_type.shape.SetInParent()
+
+
+class _Body:
+    """The nodes of one function body, with fresh local names."""
+
+    def __init__(self):
+        self.nodes = []
+        self.n = 0
+
+    def __call__(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> list[str] | str:
+        from onnx import helper
+
+        self.n += 1
+        outs = [f"t{self.n}_{k}" for k in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
+        return outs if n_out > 1 else outs[0]
+
+    def const(self, value) -> str:
+        from onnx import numpy_helper
+
+        return self("Constant", [], value=numpy_helper.from_array(np.asarray(value)))
+
+
+def make_function(spec: RecurrentSpec, opset: int):
+    """The model-local function (overload: the layer) that is the node's body for onnxruntime.
+    Its inputs: ``x``, the weights in ``spec.weights`` order, the initial states."""
+    return conv_lstm_function(spec, opset) if spec.kind == "ConvLSTM" else _function(spec, opset)
+
+
+def _act(b: "_Body", name: str, x: str) -> str:
+    op, alpha, beta = _ACT[name]
+    if op == "Affine":
+        return x
+    return b(op, [x], alpha=alpha, beta=beta) if alpha is not None else b(op, [x])
+
+
+def conv_lstm_function(spec: RecurrentSpec, opset: int):
+    """A ConvLSTM as a ``Scan`` over time-major channels-first frames: the input and the
+    recurrent convolution of each step (Keras' "same" is ``SAME_UPPER``), gates i f c o."""
+    from onnx import helper
+
+    b, r, f = _Body(), spec.rank, spec.units
+    role = dict(zip(spec.weights, [f"w{k}" for k in range(len(spec.weights))]))
+    to_oi = [r + 1, r] + list(range(r))          # (*k, in, out) -> (out, in, *k)
+    kw = b("Transpose", [role["forward/kernel"]], perm=to_oi)
+    kr = b("Transpose", [role["forward/recurrent_kernel"]], perm=to_oi)
+    x = b("Transpose", ["x"], perm=[1, 0, r + 2] + list(range(2, r + 2)))   # (T, B, C, *S)
+    conv = dict(strides=spec.strides, dilations=spec.dilation,
+                auto_pad="SAME_UPPER" if spec.padding == "same" else "VALID")
+    to_first = [0, r + 1] + list(range(1, r + 1))
+    to_last = [0] + list(range(2, r + 2)) + [1]
+    if spec.n_states:
+        h0, c0 = b("Transpose", ["s0"], perm=to_first), b("Transpose", ["s1"], perm=to_first)
+    else:   # zeros shaped as the input convolution's output
+        first = b("Conv", [b("Gather", [x, b.const(np.array(0, np.int64))], axis=0), kw], **conv)
+        part = b("Slice", [first, b.const(np.array([0], np.int64)), b.const(np.array([f], np.int64)),
+                           b.const(np.array([1], np.int64))])
+        h0 = c0 = b("Mul", [part, b.const(np.array(0, np.float32))])
+    s = _Body()
+    s.n = 1000
+    xc = s("Conv", ["x_t", kw] + ([role["forward/bias"]] if spec.use_bias else []), **conv)
+    hc = s("Conv", ["h_prev", kr], auto_pad="SAME_UPPER")
+    gi, gf, gc, go = s("Split", [s("Add", [xc, hc]), s.const(np.array([f] * 4, np.int64))], n_out=4, axis=1)
+    c_new = s("Add", [s("Mul", [_act(s, spec.recurrent_activation, gf), "c_prev"]),
+                      s("Mul", [_act(s, spec.recurrent_activation, gi), _act(s, spec.activation, gc)])])
+    h_new = s("Mul", [_act(s, spec.recurrent_activation, go), _act(s, spec.activation, c_new)])
+    s.nodes += [helper.make_node("Identity", [h_new], ["h_out"]), helper.make_node("Identity", [c_new], ["c_out"]),
+                helper.make_node("Identity", [h_new], ["y_t"])]
+    vi = lambda n: helper.make_tensor_value_info(n, 1, None)   # noqa: E731
+    body = helper.make_graph(s.nodes, "step", [vi("h_prev"), vi("c_prev"), vi("x_t")],
+                             [vi("h_out"), vi("c_out"), vi("y_t")])
+    h_t, c_t, ys = b("Scan", [h0, c0, x], n_out=3, body=body, num_scan_inputs=1,
+                     scan_input_directions=[1 if spec.go_backwards else 0])
+    outs = [b("Transpose", [ys], perm=[1, 0] + list(range(3, r + 3)) + [2]) if spec.return_sequences
+            else b("Transpose", [h_t], perm=to_last)]
+    if spec.return_state:
+        outs += [b("Transpose", [h_t], perm=to_last), b("Transpose", [c_t], perm=to_last)]
+    out_names = [f"y{k}" for k in range(len(outs))]
+    b.nodes.extend(helper.make_node("Identity", [src], [dst]) for src, dst in zip(outs, out_names))
+    return helper.make_function(DOMAIN, spec.op_type, ["x", *role.values(), *[f"s{k}" for k in range(spec.n_states)]],
+                                out_names, b.nodes, [helper.make_opsetid("", opset)], overload=spec.layer)
+
+
+def _gates(b: _Body, m: str, spec: RecurrentSpec, axis: int) -> str:
+    """``m`` with its gate blocks (along ``axis``) in ONNX's order."""
+    if spec.kind != "LSTM":
+        return m
+    h = spec.units
+    parts = b("Split", [m, b.const(np.array([h] * 4, np.int64))], n_out=4, axis=axis)
+    return b("Concat", [parts[k] for k in _LSTM_ORDER], axis=axis)
+
+
+def _function(spec: RecurrentSpec, opset: int):
+    from onnx import helper
+
+    b = _Body()
+    dirs = spec.directions
+    n_w = len(spec.weights)
+    w_in = [f"w{k}" for k in range(n_w)]
+    s_in = [f"s{k}" for k in range(spec.n_states)]
+    role = dict(zip(spec.weights, w_in))
+    gates = {"GRU": 3, "LSTM": 4, "SimpleRNN": 1}[spec.kind]
+    h = spec.units
+    W, R, B = [], [], []
+    for d in dirs:
+        W.append(b("Unsqueeze", [_gates(b, b("Transpose", [role[f"{d}/kernel"]], perm=[1, 0]), spec, 0),
+                                 b.const(np.array([0], np.int64))]))
+        R.append(b("Unsqueeze", [_gates(b, b("Transpose", [role[f"{d}/recurrent_kernel"]], perm=[1, 0]), spec, 0),
+                                 b.const(np.array([0], np.int64))]))
+        if spec.use_bias:
+            bias = role[f"{d}/bias"]
+            if spec.kind == "GRU" and spec.reset_after:   # (2, 3H): input and recurrent biases
+                flat = b("Reshape", [bias, b.const(np.array([1, -1], np.int64))])
+            else:
+                zeros = b.const(np.zeros(gates * h, np.float32))
+                flat = b("Unsqueeze", [b("Concat", [_gates(b, bias, spec, 0), zeros], axis=0),
+                                       b.const(np.array([0], np.int64))])
+            B.append(flat)
+    cat = (lambda xs: xs[0]) if len(dirs) == 1 else (lambda xs: b("Concat", xs, axis=0))
+    x = b("Transpose", ["x"], perm=[1, 0, 2])
+    per = spec.states_per_direction
+    init_h = init_c = ""
+    if spec.n_states:
+        hs = [b("Unsqueeze", [s_in[k * per], b.const(np.array([0], np.int64))]) for k in range(len(dirs))]
+        init_h = cat(hs)
+        if spec.kind == "LSTM":
+            init_c = cat([b("Unsqueeze", [s_in[k * per + 1], b.const(np.array([0], np.int64))])
+                          for k in range(len(dirs))])
+    acts = {"GRU": [spec.recurrent_activation, spec.activation],
+            "LSTM": [spec.recurrent_activation, spec.activation, spec.activation],
+            "SimpleRNN": [spec.activation]}[spec.kind] * len(dirs)
+    attrs = {"hidden_size": h, "activations": [_ACT[a][0] for a in acts],
+             "direction": "bidirectional" if spec.bidirectional else "reverse" if spec.go_backwards else "forward"}
+    alphas = [_ACT[a][1] for a in acts if _ACT[a][1] is not None]
+    if alphas:
+        attrs["activation_alpha"] = alphas
+        attrs["activation_beta"] = [_ACT[a][2] for a in acts if _ACT[a][2] is not None]
+    if spec.kind == "GRU":
+        attrs["linear_before_reset"] = int(spec.reset_after)
+    ins = [x, cat(W), cat(R), cat(B) if B else "", "", init_h]
+    if spec.kind == "LSTM":
+        ins.append(init_c)
+    while ins and not ins[-1]:
+        ins.pop()
+    n_out = 3 if spec.kind == "LSTM" else 2
+    y, yh, *yc = b(_ONNX_OP[spec.kind], ins, n_out=n_out, **attrs)
+
+    def gather(t, k, axis):
+        return b("Gather", [t, b.const(np.array(k, np.int64))], axis=axis)
+
+    def batch_major(t):   # (T, B, H) -> (B, T, H)
+        return b("Transpose", [t], perm=[1, 0, 2])
+
+    if spec.return_sequences:
+        if not spec.bidirectional:
+            seq = gather(y, 0, 1)
+            if spec.go_backwards:   # Keras returns the steps in the order it processed them
+                seq = b("Slice", [seq, b.const(np.array([-1], np.int64)), b.const(np.array([_INT64_MIN], np.int64)),
+                                  b.const(np.array([0], np.int64)), b.const(np.array([-1], np.int64))])
+            main = [batch_major(seq)]
+        else:
+            fw, bw = gather(y, 0, 1), gather(y, 1, 1)
+            main = _merge(b, spec, batch_major(fw), batch_major(bw), y)
+    else:
+        if not spec.bidirectional:
+            main = [gather(yh, 0, 0)]
+        else:
+            main = _merge(b, spec, gather(yh, 0, 0), gather(yh, 1, 0), None)
+    states = []
+    if spec.return_state:
+        for k in range(len(dirs)):
+            states.append(gather(yh, k, 0))
+            if spec.kind == "LSTM":
+                states.append(gather(yc[0], k, 0))
+    outs = main + states
+    out_names = [f"y{k}" for k in range(len(outs))]
+    b.nodes.extend(helper.make_node("Identity", [src], [dst]) for src, dst in zip(outs, out_names))
+    opsets = [helper.make_opsetid("", opset)]
+    return helper.make_function(DOMAIN, spec.kind, ["x", *w_in, *s_in], out_names, b.nodes, opsets,
+                                overload=spec.layer)
+
+
+def _merge(b: _Body, spec: RecurrentSpec, fw: str, bw: str, y_full) -> list[str]:
+    """Keras' Bidirectional merge of the two directions' outputs."""
+    mode = spec.merge_mode
+    if mode is None:
+        return [fw, bw]
+    if mode == "concat":
+        return [b("Concat", [fw, bw], axis=-1)]
+    if mode == "sum":
+        return [b("Add", [fw, bw])]
+    if mode == "mul":
+        return [b("Mul", [fw, bw])]
+    if mode == "ave":
+        return [b("Div", [b("Add", [fw, bw]), b.const(np.array(2, np.float32))])]
+    raise PipelineError("export", f"Bidirectional merge_mode {mode!r}", layer=spec.layer)
