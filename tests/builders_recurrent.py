@@ -129,6 +129,32 @@ def conv_lstm():
     return _named_outputs([a, b, c], outs, "conv_lstm")
 
 
+def recurrent_masked():
+    """Masks from ``Embedding(mask_zero=True)`` and ``Masking`` into each kind: nn modules
+    run the valid steps packed, cell modules mask step by step."""
+    _seed()
+    ids = keras.Input((None,), dtype="int32", name="ids")
+    x = keras.Input((None, F), name="x")
+    e = L.Embedding(12, 4, mask_zero=True, name="embedding")(ids)
+    m = L.Masking(0.0, name="masking")(x)
+    y, h, c = L.LSTM(4, return_sequences=True, return_state=True, name="lstm_masked_state")(e)
+    outs = {
+        "lstm": L.LSTM(5, name="lstm_masked")(e),
+        "lstm_sequences": y,
+        "lstm_h": h,
+        "lstm_c": c,
+        "gru_stacked": L.GRU(3, name="gru_top")(L.GRU(4, return_sequences=True, name="gru_bottom")(e)),
+        "bidi_gru": L.Bidirectional(L.GRU(3, return_sequences=True), name="bidi_gru_masked")(e),
+        "bidi_lstm_last": L.Bidirectional(L.LSTM(3), merge_mode="sum", name="bidi_lstm_masked")(e),
+        "rnn_backwards": L.SimpleRNN(4, go_backwards=True, return_sequences=True, name="rnn_backwards_masked")(m),
+        "gru_reset_before": L.GRU(4, reset_after=False, return_sequences=True, name="gru_reset_before_masked")(m),
+        "lstm_relu_backwards": L.LSTM(3, activation="relu", go_backwards=True, name="lstm_relu_masked")(m),
+        "bidi_reset_before": L.Bidirectional(L.GRU(3, reset_after=False, return_sequences=True),
+                                             name="bidi_reset_before_masked")(m),
+    }
+    return _named_outputs([ids, x], outs, "recurrent_masked")
+
+
 RECURRENT = {
     "recurrent_lstm": ("lstm_last", "lstm_sequences", "state_sequences", "state_h", "state_c", "lstm_backwards",
                        "lstm_stacked", "conv1d_lstm", "bidi_concat", "bidi_sum", "bidi_mul", "bidi_ave"),
@@ -137,6 +163,8 @@ RECURRENT = {
     "recurrent_more": ("gru_initial", "lstm_initial", "bidi_initial", "bidi_none_fw", "bidi_none_bw",
                        "bidi_state_y", "bidi_state_h_bw", "bidi_state_c_fw", "bidi_reset_before", "rnn_relu",
                        "gru_hard_sigmoid", "lstm_relu", "rnn_linear_backwards", "gru_no_bias", "gru_then_rnn"),
+    "recurrent_masked": ("lstm", "lstm_sequences", "lstm_h", "lstm_c", "gru_stacked", "bidi_gru", "bidi_lstm_last",
+                         "rnn_backwards", "gru_reset_before", "lstm_relu_backwards", "bidi_reset_before"),
     "conv_lstm": ("convlstm1d", "convlstm1d_backwards", "convlstm2d", "convlstm2d_strided", "convlstm2d_seq",
                   "convlstm2d_h", "convlstm2d_c", "convlstm2d_conv", "convlstm3d"),
 }

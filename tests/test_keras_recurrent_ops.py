@@ -39,12 +39,14 @@ def _model(spec: RecurrentSpec, x_shape, state_shape):
     weights = _weights(spec, rng)
     per = spec.states_per_direction * len(spec.directions)
     spec.n_states = per if state_shape else 0
-    states = [f"s{k}" for k in range(spec.n_states)]
+    states = [f"s{k}" for k in range(spec.n_states)] + (["m"] if spec.masked else [])
     outs = [f"y{k}" for k in range(spec.n_outputs())]
     node = helper.make_node(spec.op_type, ["x", *spec.variables, *states], outs, name=f"functional_1/{spec.layer}_1/op",
                             domain=DOMAIN, overload=spec.layer, keras=spec.to_json())
     inputs = [helper.make_tensor_value_info("x", 1, ["N", None, *x_shape[2:]])]
-    inputs += [helper.make_tensor_value_info(s, 1, ["N", *state_shape]) for s in states]
+    inputs += [helper.make_tensor_value_info(s, 1, ["N", *state_shape]) for s in states if s != "m"]
+    if spec.masked:
+        inputs.append(helper.make_tensor_value_info("m", onnx.TensorProto.BOOL, ["N", None]))
     graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info(o, 1, None) for o in outs],
                               initializer=[numpy_helper.from_array(w, n) for n, w in zip(spec.variables,
                                                                                          weights.values())])
@@ -74,6 +76,13 @@ CASES = {
     "simplernn": _spec("SimpleRNN", return_sequences=True),
     "simplernn-relu-bidi-sum": _spec("SimpleRNN", activation="relu", bidirectional=True, merge_mode="sum"),
     "simplernn-linear-states": _spec("SimpleRNN", activation="linear", return_state=True),
+    "gru-masked-backwards-sequences": _spec("GRU", masked=True, go_backwards=True, return_sequences=True),
+    "lstm-masked-bidi-states-initial": _spec("LSTM", masked=True, bidirectional=True, return_state=True,
+                                             return_sequences=True, zero_output_for_mask=True),
+    "simplernn-masked-relu-last": _spec("SimpleRNN", masked=True, activation="relu", return_state=True),
+    "gru-masked-reset-before-cell": _spec("GRU", masked=True, reset_after=False, return_sequences=True),
+    "lstm-masked-hard-sigmoid-cell-backwards": _spec("LSTM", masked=True, recurrent_activation="hard_sigmoid",
+                                                     go_backwards=True, return_state=True),
     "convlstm1d-same": _spec("ConvLSTM", rank=1, kernel_size=[3], strides=[1], dilation=[1], padding="same",
                              return_sequences=True),
     "convlstm2d-strided-same-states": _spec("ConvLSTM", rank=2, kernel_size=[3, 2], strides=[2, 2], dilation=[1, 1],
@@ -83,7 +92,8 @@ CASES = {
                                                 recurrent_activation="hard_sigmoid"),
     "convlstm3d": _spec("ConvLSTM", rank=3, kernel_size=[2, 2, 2], strides=[1, 1, 1], dilation=[1, 1, 1]),
 }
-WITH_STATES = {"gru-bidi-concat-initial", "lstm-states-initial", "convlstm2d-strided-same-states"}
+WITH_STATES = {"gru-bidi-concat-initial", "lstm-states-initial", "convlstm2d-strided-same-states",
+               "lstm-masked-bidi-states-initial"}
 
 
 def _shapes(spec: RecurrentSpec, length: int):
@@ -110,6 +120,11 @@ def test_recurrent_node_matches_onnxruntime(tmp_path, case_id):
         x_shape, _ = _shapes(spec, length)
         feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
         feeds.update({f"s{k}": rng.standard_normal((2, *state_shape)).astype(np.float32) for k in range(n_states)})
+        if spec.masked:   # a left-padded row with a hole, and a row with no valid step
+            mask = np.ones((2, length), bool)
+            mask[0, 0] = mask[0, length // 2] = False
+            mask[1] = False
+            feeds["m"] = mask
         refs = session.run(None, feeds)
         with torch.no_grad():
             got = module(*[torch.from_numpy(feeds[n]) for n in gen.input_names])

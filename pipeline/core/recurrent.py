@@ -35,6 +35,8 @@ class RecurrentSpec:
     bidirectional: bool = False
     merge_mode: str | None = "concat"
     n_states: int = 0                # initial states given to the call (all directions)
+    masked: bool = False             # a (batch, steps) bool mask is the node's last input
+    zero_output_for_mask: bool = False   # masked steps output zeros (else the last valid output)
     rank: int = 0                    # ConvLSTM only: spatial rank, and its convolution's form
     kernel_size: list[int] = field(default_factory=list)
     strides: list[int] = field(default_factory=list)

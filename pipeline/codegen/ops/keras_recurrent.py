@@ -61,17 +61,17 @@ def keras_recurrent(gen: Gen, node):
             raise Unsupported(f"weight {role} ({name!r}) is computed, not a constant")
         weights[role] = w
     states = [gen.t(s) for s in node.input[1 + n_w:] if s]
+    mask = states.pop() if spec.masked else None
     x = gen.t(node.input[0])
     base = gen.var(spec.layer)
-    if _native(spec):
-        y, finals = _call_native(gen, node, spec, weights, x, states, base)
-    else:
-        y, finals = _call_loop(gen, node, spec, weights, x, states, base)
-    _outputs(gen, node, spec, y, finals, base)
+    call = _call_native if _native(spec) else _call_loop
+    y, lasts, finals = call(gen, node, spec, weights, x, states, mask, base)
+    _outputs(gen, node, spec, y, lasts, finals)
 
 
-def _call_native(gen: Gen, node, spec: RecurrentSpec, w: dict, x: str, states: list[str], base: str):
-    """``y (B, T, D*H)``, and the final states as ``[[h_fw, (c_fw)], [h_bw, (c_bw)]]`` expressions."""
+def _call_native(gen: Gen, node, spec: RecurrentSpec, w: dict, x: str, states: list[str], mask, base: str):
+    """``y (B, T, D*H)``, each direction's last output, and the final states as
+    ``[[h_fw, (c_fw)], [h_bw, (c_bw)]]`` (expressions)."""
     args = [str(spec.input_size), str(spec.units), "batch_first=True"]
     if spec.kind == "SimpleRNN" and spec.activation == "relu":
         args.append('nonlinearity="relu"')
@@ -82,31 +82,35 @@ def _call_native(gen: Gen, node, spec: RecurrentSpec, w: dict, x: str, states: l
     mod = gen.submodule(node, f"{_NATIVE[spec.kind]}({', '.join(args)})", _native_params(spec, w))
     if spec.go_backwards:   # Keras reads the steps last to first and returns them in that order
         x = f"{x}.flip(1)"
+        mask = f"{mask}.flip(1)" if mask else None
     per, dirs = spec.states_per_direction, len(spec.directions)
-    state_arg = ""
+    state = None
     if states:
         stack = (lambda xs: f"{xs[0]}.unsqueeze(0)") if dirs == 1 else (lambda xs: f"torch.stack([{', '.join(xs)}])")
         hs = [states[k * per] for k in range(dirs)]
-        state_arg = ", " + stack(hs)
-        if spec.kind == "LSTM":
-            state_arg = f", ({stack(hs)}, {stack([states[k * per + 1] for k in range(dirs)])})"
+        state = stack(hs) if spec.kind != "LSTM" else f"({stack(hs)}, {stack([states[k * per + 1] for k in range(dirs)])})"
     h = f"{base}_h"
-    if spec.kind == "LSTM":
-        gen.lines.append(f"{base}, ({h}, {base}_c) = {mod}({x}{state_arg})")
-        finals = [[f"{h}[{k}]", f"{base}_c[{k}]"] for k in range(dirs)]
-    else:
-        gen.lines.append(f"{base}, {h} = {mod}({x}{state_arg})")
-        finals = [[f"{h}[{k}]"] for k in range(dirs)]
-    return base, finals
+    targets = f"{base}, ({h}, {base}_c)" if spec.kind == "LSTM" else f"{base}, {h}"
+    if mask is None:
+        gen.lines.append(f"{targets} = {mod}({x}{', ' + state if state else ''})")
+        last = h
+    else:   # Keras' masking: the valid steps packed (``keras_masked``)
+        gen.helper("keras_masked", MASKED_SOURCE)
+        last = f"{base}_last"
+        gen.lines.append(f"{targets}, {last} = keras_masked({mod}, {x}, {mask}"
+                         + (f", {state}" if state else "") + (", zero_output=True" if spec.zero_output_for_mask else "")
+                         + ")")
+    finals = [[f"{h}[{k}]", f"{base}_c[{k}]"] if spec.kind == "LSTM" else [f"{h}[{k}]"] for k in range(dirs)]
+    return base, [f"{last}[{k}]" for k in range(dirs)], finals
 
 
-def _call_loop(gen: Gen, node, spec: RecurrentSpec, w: dict, x: str, states: list[str], base: str):
+def _call_loop(gen: Gen, node, spec: RecurrentSpec, w: dict, x: str, states: list[str], mask, base: str):
     """The layer through ``Keras<kind>`` cell modules (one per direction), weights as Keras has them."""
     cls = f"Keras{spec.kind}"
     gen.helper("_ACTIVATIONS", ACTIVATIONS_SOURCE)
     gen.helper(cls, LOOP_CELLS[spec.kind])
     per = spec.states_per_direction
-    outs, finals = [], []
+    outs, lasts, finals = [], [], []
     for k, side in enumerate(spec.directions):
         params = {"kernel": w[f"{side}/kernel"], "recurrent_kernel": w[f"{side}/recurrent_kernel"]}
         if spec.use_bias:
@@ -121,33 +125,32 @@ def _call_loop(gen: Gen, node, spec: RecurrentSpec, w: dict, x: str, states: lis
         arg = f"{x}.flip(1)" if backwards else x
         s = states[k * per:(k + 1) * per]
         s_arg = "" if not s else ", " + (s[0] if per == 1 else f"({s[0]}, {s[1]})")
+        if mask:
+            s_arg += f", mask={mask}.flip(1)" if backwards else f", mask={mask}"
+            s_arg += ", zero_output=True" if spec.zero_output_for_mask else ""
         y = f"{base}_{side}" if spec.bidirectional else base
         fin = f"{y}_state"
         gen.lines.append(f"{y}, {fin} = {mod}({arg}{s_arg})")
+        lasts.append(f"{y}[:, -1]")   # Keras' last output: the last step it ran
         if spec.bidirectional and backwards:   # Bidirectional puts the backward steps back in time order
-            gen.lines.append(f"{y} = {y}.flip(1)")
+            lasts[-1] = f"{y}_last"
+            gen.lines.append(f"{y}_last, {y} = {y}[:, -1], {y}.flip(1)")
         outs.append(y)
         finals.append([f"{fin}[0]", f"{fin}[1]"] if per == 2 else [fin])
     if spec.bidirectional:
         gen.lines.append(f"{base} = torch.cat([{outs[0]}, {outs[1]}], -1)")
-    return base, finals
+    return base, lasts, finals
 
 
-def _outputs(gen: Gen, node, spec: RecurrentSpec, y: str, finals: list[list[str]], base: str) -> None:
-    """Keras' outputs of the layer from ``y (B, T, D*H)`` and the final states."""
+def _outputs(gen: Gen, node, spec: RecurrentSpec, y: str, lasts: list[str], finals: list[list[str]]) -> None:
+    """Keras' outputs of the layer from ``y (B, T, D*H)``, the last outputs and the final states."""
     h = spec.units
-    outs = list(node.output)
     if spec.return_sequences:
-        if spec.bidirectional:
-            fw, bw = f"{y}[..., :{h}]", f"{y}[..., {h}:]"
-            main = _merge(spec, fw, bw, y)
-        else:
-            main = [y]
+        main = [y] if not spec.bidirectional else _merge(spec, f"{y}[..., :{h}]", f"{y}[..., {h}:]", y)
     else:
-        last = [f[0] for f in finals]
-        main = [last[0]] if not spec.bidirectional else _merge(spec, last[0], last[1], None)
+        main = [lasts[0]] if not spec.bidirectional else _merge(spec, lasts[0], lasts[1], None)
     states = [s for f in finals for s in f] if spec.return_state else []
-    for name, expr in zip(outs, main + states):
+    for name, expr in zip(node.output, main + states):
         if name:
             gen.set_tensor(name, expr)
 
@@ -169,6 +172,83 @@ def _merge(spec: RecurrentSpec, fw: str, bw: str, both) -> list[str]:
 
 ACTIVATIONS_SOURCE = '''_ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
                 "hard_sigmoid": F.hardsigmoid, "linear": lambda v: v}
+
+
+def _masked_step(new, h, ys, mask, t, zero_output):
+    """(state, output) of step ``t`` as Keras masks it: a masked step keeps the state and
+    repeats the last output (zeros with ``zero_output``, and before any valid step)."""
+    if mask is None:
+        return new, new
+    m = mask[:, t, None]
+    before = ys[-1] if ys and not zero_output else torch.zeros_like(new)
+    return torch.where(m, new, h), torch.where(m, new, before)
+'''
+
+MASKED_SOURCE = '''
+def keras_masked(rnn, x, mask, state=None, zero_output=False):
+    """``rnn`` (an ``nn.GRU``/``nn.LSTM``/``nn.RNN``, batch first) on ``x`` as Keras runs a
+    recurrent layer under ``mask`` (batch, steps): each sequence's valid steps, wherever they
+    are, run packed; a masked step repeats the last valid output (zeros with
+    ``zero_output``, and before the first valid step); a sequence with no valid step keeps
+    its initial state. Returns (outputs, final state as ``rnn`` gives it, last outputs).
+    ``torch.export`` cannot trace packed sequences: there, ``keras_masked_steps``."""
+    if torch.compiler.is_exporting():
+        return keras_masked_steps(rnn, x, mask, state, zero_output)
+    mask = mask.bool()
+    count = mask.sum(1)
+    order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)   # valid steps first, in order
+    packed = nn.utils.rnn.pack_padded_sequence(x.gather(1, order.unsqueeze(-1).expand_as(x)),
+                                               count.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+    y, final = rnn(packed) if state is None else rnn(packed, state)
+    y = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])[0]
+    last = mask.long().cumsum(1) - 1   # the last valid step at or before each step
+    y = y.gather(1, last.clamp(min=0).unsqueeze(-1).expand(-1, -1, y.shape[-1]))
+    y = y * (mask if zero_output else last >= 0).unsqueeze(-1).to(y.dtype)
+    empty = (count == 0).view(1, -1, 1)
+    h = final[0] if isinstance(final, tuple) else final
+    lasts = h.masked_fill(empty, 0.0)
+    states = final if isinstance(final, tuple) else (final,)
+    starts = state if isinstance(state, tuple) else (state,) * len(states)
+    kept = tuple(torch.where(empty, s if s is not None else torch.zeros_like(f), f) for f, s in zip(states, starts))
+    return y, (kept if isinstance(final, tuple) else kept[0]), lasts
+
+
+def keras_masked_steps(rnn, x, mask, state=None, zero_output=False):
+    """``keras_masked`` one step at a time, with ``rnn``'s own weights and torch's cell
+    functions: a masked step keeps the state and repeats the last output."""
+    mask = mask.bool()
+    lstm = isinstance(rnn, nn.LSTM)
+    if lstm or isinstance(rnn, nn.GRU):
+        cell = torch.lstm_cell if lstm else torch.gru_cell
+    else:
+        cell = torch.rnn_relu_cell if rnn.nonlinearity == "relu" else torch.rnn_tanh_cell
+    dirs, steps = (2 if rnn.bidirectional else 1), x.shape[1]
+    zeros = x.new_zeros(dirs, x.shape[0], rnn.hidden_size)
+    h0 = zeros if state is None else state[0] if lstm else state
+    c0 = zeros if state is None or not lstm else state[1]
+    ys, hs, cs, lasts = [], [], [], []
+    for d in range(dirs):
+        sfx = "_reverse" if d else ""
+        weights = [getattr(rnn, f"{n}_l0{sfx}") for n in ("weight_ih", "weight_hh")]
+        biases = [getattr(rnn, f"{n}_l0{sfx}") for n in ("bias_ih", "bias_hh")] if rnn.bias else [None, None]
+        h, c, out = h0[d], c0[d], torch.zeros_like(h0[d])
+        seq = [out] * steps
+        for t in (range(steps - 1, -1, -1) if d else range(steps)):
+            m = mask[:, t, None]
+            if lstm:
+                h_new, c_new = cell(x[:, t], (h, c), *weights, *biases)
+                c = torch.where(m, c_new, c)
+            else:
+                h_new = cell(x[:, t], h, *weights, *biases)
+            h = torch.where(m, h_new, h)
+            out = torch.where(m, h_new, torch.zeros_like(h_new) if zero_output else out)
+            seq[t] = out
+        ys.append(torch.stack(seq, 1))
+        hs.append(h)
+        cs.append(c)
+        lasts.append(out)
+    final = (torch.stack(hs), torch.stack(cs)) if lstm else torch.stack(hs)
+    return torch.cat(ys, -1), final, torch.stack(lasts)
 '''
 
 LOOP_CELLS = {
@@ -189,7 +269,7 @@ class KerasGRU(nn.Module):
         self.recurrent_kernel = nn.Parameter(torch.empty(units, 3 * units))
         self.bias = nn.Parameter(torch.empty((2, 3 * units) if reset_after else (3 * units,))) if bias else None
 
-    def forward(self, x, h=None):
+    def forward(self, x, h=None, mask=None, zero_output=False):
         if h is None:
             h = x.new_zeros(x.shape[0], self.units)
         b_in = self.bias[0] if self.bias is not None and self.reset_after else self.bias
@@ -209,8 +289,8 @@ class KerasGRU(nn.Module):
                 z = self.recurrent_activation(xz + h @ rz)
                 r = self.recurrent_activation(xr + h @ rr)
                 cand = self.activation(xh + (r * h) @ rh)
-            h = z * h + (1 - z) * cand
-            ys.append(h)
+            h, y = _masked_step(z * h + (1 - z) * cand, h, ys, mask, t, zero_output)
+            ys.append(y)
         return torch.stack(ys, 1), h
 ''',
     "LSTM": '''
@@ -228,15 +308,17 @@ class KerasLSTM(nn.Module):
         self.recurrent_kernel = nn.Parameter(torch.empty(units, 4 * units))
         self.bias = nn.Parameter(torch.empty(4 * units)) if bias else None
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, mask=None, zero_output=False):
         h, c = state if state is not None else (x.new_zeros(x.shape[0], self.units),) * 2
         xs = x @ self.kernel if self.bias is None else x @ self.kernel + self.bias
         ys = []
         for t in range(x.shape[1]):
             i, f, g, o = (xs[:, t] + h @ self.recurrent_kernel).split(self.units, -1)
-            c = self.recurrent_activation(f) * c + self.recurrent_activation(i) * self.activation(g)
-            h = self.recurrent_activation(o) * self.activation(c)
-            ys.append(h)
+            c_new = self.recurrent_activation(f) * c + self.recurrent_activation(i) * self.activation(g)
+            h_new = self.recurrent_activation(o) * self.activation(c_new)
+            c = c_new if mask is None else torch.where(mask[:, t, None], c_new, c)
+            h, y = _masked_step(h_new, h, ys, mask, t, zero_output)
+            ys.append(y)
         return torch.stack(ys, 1), (h, c)
 ''',
     "SimpleRNN": '''
@@ -253,14 +335,14 @@ class KerasSimpleRNN(nn.Module):
         self.recurrent_kernel = nn.Parameter(torch.empty(units, units))
         self.bias = nn.Parameter(torch.empty(units)) if bias else None
 
-    def forward(self, x, h=None):
+    def forward(self, x, h=None, mask=None, zero_output=False):
         if h is None:
             h = x.new_zeros(x.shape[0], self.units)
         xs = x @ self.kernel if self.bias is None else x @ self.kernel + self.bias
         ys = []
         for t in range(x.shape[1]):
-            h = self.activation(xs[:, t] + h @ self.recurrent_kernel)
-            ys.append(h)
+            h, y = _masked_step(self.activation(xs[:, t] + h @ self.recurrent_kernel), h, ys, mask, t, zero_output)
+            ys.append(y)
         return torch.stack(ys, 1), h
 ''',
 }

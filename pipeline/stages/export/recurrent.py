@@ -11,8 +11,8 @@ then puts one ``ai.keras2torch::<kind>`` node per layer there, with the Keras we
 (``core.recurrent``). Nothing is unrolled, and any sequence length stays possible.
 
 What the stub cannot express falls back to the old way, a copy with ``unroll=True`` (one
-step per time step, same weights): a ConvLSTM in a Bidirectional, masked calls (``Embedding(mask_zero=True)``,
-``Masking``), activations outside ``STUB_ACTIVATIONS``, a Bidirectional whose two layers
+step per time step, same weights): a ConvLSTM in a Bidirectional or with a mask
+(``Embedding(mask_zero=True)``, ``Masking``), activations outside ``STUB_ACTIVATIONS``, a Bidirectional whose two layers
 differ. ``meta.json`` lists the layers of each kind.
 """
 
@@ -124,6 +124,7 @@ def _spec_of(layer) -> tuple[RecurrentSpec, list[np.ndarray]] | str:
                          go_backwards=bool(sides[0].go_backwards) and not bidi,
                          return_sequences=bool(sides[0].return_sequences), return_state=bool(sides[0].return_state),
                          bidirectional=bidi, merge_mode=layer.merge_mode if bidi else "concat",
+                         zero_output_for_mask=bool(getattr(sides[0], "zero_output_for_mask", False)),
                          weights=roles, variables=paths)
     return spec, weights
 
@@ -206,18 +207,27 @@ def _stub_class():
             self.index = index
             self._stubs = stubs
             self._original_shape = original.compute_output_shape
+            self._original_mask = original.compute_mask   # the mask goes on as the layer passes it
+            self.supports_masking = True
+
+        def compute_mask(self, inputs, mask=None):
+            return self._original_mask(inputs, mask)
 
         def build(self, input_shape):
             self.unrolled_copy.build(input_shape)
 
         def call(self, sequences, initial_state=None, mask=None, training=None):
             spec = self._stubs.specs[self.index][0]
-            if mask is not None:   # Keras' masking semantics: the unrolled copy has them
-                self._stubs.unrolled[self.name] = "masked call"
+            if mask is not None and spec.kind == "ConvLSTM":   # the unrolled copy has Keras' masking
+                self._stubs.unrolled[self.name] = "a masked ConvLSTM call"
                 self._stubs.specs.pop(self.index, None)
                 return self.unrolled_copy(sequences, initial_state=initial_state, mask=mask, training=False)
             states = [] if initial_state is None else list(tf.nest.flatten(initial_state))
             spec.n_states = len(states)
+            if mask is not None:
+                mask = tf.nest.flatten(mask)[0]
+                spec.masked = True
+                states.append(tf.cast(mask, tf.bool))
             shapes = self._original_shape(tuple(sequences.shape))
             many = isinstance(shapes, (list, tuple)) and len(shapes) and isinstance(shapes[0], (list, tuple))
             shapes = list(shapes) if many else [shapes]

@@ -195,92 +195,143 @@ def _function(spec: RecurrentSpec, opset: int):
 
     b = _Body()
     dirs = spec.directions
-    n_w = len(spec.weights)
-    w_in = [f"w{k}" for k in range(n_w)]
+    w_in = [f"w{k}" for k in range(len(spec.weights))]
     s_in = [f"s{k}" for k in range(spec.n_states)]
     role = dict(zip(spec.weights, w_in))
     gates = {"GRU": 3, "LSTM": 4, "SimpleRNN": 1}[spec.kind]
     h = spec.units
+    one = lambda v: b.const(np.array([v], np.int64))   # noqa: E731
     W, R, B = [], [], []
     for d in dirs:
-        W.append(b("Unsqueeze", [_gates(b, b("Transpose", [role[f"{d}/kernel"]], perm=[1, 0]), spec, 0),
-                                 b.const(np.array([0], np.int64))]))
+        W.append(b("Unsqueeze", [_gates(b, b("Transpose", [role[f"{d}/kernel"]], perm=[1, 0]), spec, 0), one(0)]))
         R.append(b("Unsqueeze", [_gates(b, b("Transpose", [role[f"{d}/recurrent_kernel"]], perm=[1, 0]), spec, 0),
-                                 b.const(np.array([0], np.int64))]))
+                                 one(0)]))
         if spec.use_bias:
             bias = role[f"{d}/bias"]
             if spec.kind == "GRU" and spec.reset_after:   # (2, 3H): input and recurrent biases
                 flat = b("Reshape", [bias, b.const(np.array([1, -1], np.int64))])
             else:
                 zeros = b.const(np.zeros(gates * h, np.float32))
-                flat = b("Unsqueeze", [b("Concat", [_gates(b, bias, spec, 0), zeros], axis=0),
-                                       b.const(np.array([0], np.int64))])
+                flat = b("Unsqueeze", [b("Concat", [_gates(b, bias, spec, 0), zeros], axis=0), one(0)])
             B.append(flat)
     cat = (lambda xs: xs[0]) if len(dirs) == 1 else (lambda xs: b("Concat", xs, axis=0))
-    x = b("Transpose", ["x"], perm=[1, 0, 2])
     per = spec.states_per_direction
     init_h = init_c = ""
     if spec.n_states:
-        hs = [b("Unsqueeze", [s_in[k * per], b.const(np.array([0], np.int64))]) for k in range(len(dirs))]
-        init_h = cat(hs)
+        init_h = cat([b("Unsqueeze", [s_in[k * per], one(0)]) for k in range(len(dirs))])
         if spec.kind == "LSTM":
-            init_c = cat([b("Unsqueeze", [s_in[k * per + 1], b.const(np.array([0], np.int64))])
-                          for k in range(len(dirs))])
+            init_c = cat([b("Unsqueeze", [s_in[k * per + 1], one(0)]) for k in range(len(dirs))])
     acts = {"GRU": [spec.recurrent_activation, spec.activation],
             "LSTM": [spec.recurrent_activation, spec.activation, spec.activation],
             "SimpleRNN": [spec.activation]}[spec.kind] * len(dirs)
+    masked = _Masked(b, spec) if spec.masked else None
+    backwards_in = spec.go_backwards and masked is not None   # masked: flip first (as Keras does), run forward
     attrs = {"hidden_size": h, "activations": [_ACT[a][0] for a in acts],
-             "direction": "bidirectional" if spec.bidirectional else "reverse" if spec.go_backwards else "forward"}
+             "direction": "bidirectional" if spec.bidirectional else
+             "reverse" if spec.go_backwards and not backwards_in else "forward"}
     alphas = [_ACT[a][1] for a in acts if _ACT[a][1] is not None]
     if alphas:
         attrs["activation_alpha"] = alphas
         attrs["activation_beta"] = [_ACT[a][2] for a in acts if _ACT[a][2] is not None]
     if spec.kind == "GRU":
         attrs["linear_before_reset"] = int(spec.reset_after)
-    ins = [x, cat(W), cat(R), cat(B) if B else "", "", init_h]
+    x = masked.compact("x") if masked else "x"
+    ins = [b("Transpose", [x], perm=[1, 0, 2]), cat(W), cat(R), cat(B) if B else "",
+           masked.lengths if masked else "", init_h]
     if spec.kind == "LSTM":
         ins.append(init_c)
     while ins and not ins[-1]:
         ins.pop()
-    n_out = 3 if spec.kind == "LSTM" else 2
-    y, yh, *yc = b(_ONNX_OP[spec.kind], ins, n_out=n_out, **attrs)
+    y, yh, *yc = b(_ONNX_OP[spec.kind], ins, n_out=3 if spec.kind == "LSTM" else 2, **attrs)
 
     def gather(t, k, axis):
         return b("Gather", [t, b.const(np.array(k, np.int64))], axis=axis)
 
     def batch_major(t):   # (T, B, H) -> (B, T, H)
-        return b("Transpose", [t], perm=[1, 0, 2])
+        t = b("Transpose", [t], perm=[1, 0, 2])
+        return masked.expand(t) if masked else t
+
+    def final(t, k, init):   # a direction's final state; a row with no valid step keeps the initial one
+        v = gather(t, k, 0)
+        return masked.final(v, gather(init, k, 0) if init else None) if masked else v
 
     if spec.return_sequences:
-        if not spec.bidirectional:
-            seq = gather(y, 0, 1)
-            if spec.go_backwards:   # Keras returns the steps in the order it processed them
-                seq = b("Slice", [seq, b.const(np.array([-1], np.int64)), b.const(np.array([_INT64_MIN], np.int64)),
-                                  b.const(np.array([0], np.int64)), b.const(np.array([-1], np.int64))])
-            main = [batch_major(seq)]
-        else:
-            fw, bw = gather(y, 0, 1), gather(y, 1, 1)
-            main = _merge(b, spec, batch_major(fw), batch_major(bw), y)
+        seqs = [batch_major(gather(y, k, 1)) for k in range(len(dirs))]
+        if not spec.bidirectional and spec.go_backwards and not backwards_in:
+            # Keras returns the steps in the order it processed them
+            seqs = [b("Slice", [seqs[0], one(-1), one(_INT64_MIN), one(1), one(-1)])]
+        main = seqs if not spec.bidirectional else _merge(b, spec, seqs[0], seqs[1])
     else:
-        if not spec.bidirectional:
-            main = [gather(yh, 0, 0)]
-        else:
-            main = _merge(b, spec, gather(yh, 0, 0), gather(yh, 1, 0), None)
+        lasts = [gather(yh, k, 0) for k in range(len(dirs))]
+        if masked:   # Keras' last output: zeros when no step was valid
+            lasts = [masked.final(v, None) for v in lasts]
+        main = lasts if not spec.bidirectional else _merge(b, spec, lasts[0], lasts[1])
     states = []
     if spec.return_state:
         for k in range(len(dirs)):
-            states.append(gather(yh, k, 0))
+            states.append(final(yh, k, init_h))
             if spec.kind == "LSTM":
-                states.append(gather(yc[0], k, 0))
+                states.append(final(yc[0], k, init_c))
     outs = main + states
     out_names = [f"y{k}" for k in range(len(outs))]
     b.nodes.extend(helper.make_node("Identity", [src], [dst]) for src, dst in zip(outs, out_names))
     opsets = [helper.make_opsetid("", opset)]
-    return helper.make_function(DOMAIN, spec.kind, ["x", *w_in, *s_in], out_names, b.nodes, opsets,
-                                overload=spec.layer)
+    return helper.make_function(DOMAIN, spec.op_type, ["x", *w_in, *s_in, *(["m"] if masked else [])], out_names,
+                                b.nodes, opsets, overload=spec.layer)
 
 
-def _merge(b: _Body, spec: RecurrentSpec, fw: str, bw: str, y_full) -> list[str]:
+class _Masked:
+    """Keras' masking in ONNX terms: the valid steps of each sequence moved to its front
+    (a stable sort of the time axis: TopK on ``invalid * T + t``), run with
+    ``sequence_lens``, and spread back: a masked step repeats the last valid output
+    (zeros with ``zero_output_for_mask``, and before the first valid step)."""
+
+    def __init__(self, b: _Body, spec: RecurrentSpec):
+        self.b, self.spec = b, spec
+        mask = "m"
+        if spec.go_backwards:
+            mask = self._flip(mask)
+        self.mask = mask
+        one = lambda v: b.const(np.array([v], np.int64))   # noqa: E731
+        steps = b("Gather", [b("Shape", [mask]), one(1)], axis=0)
+        invalid = b("Cast", [b("Not", [mask])], to=7)
+        t = b("Range", [b.const(np.array(0, np.int64)), b("Squeeze", [steps, one(0)]), b.const(np.array(1, np.int64))])
+        self.order = b("TopK", [b("Add", [b("Mul", [invalid, steps]), t]), steps], n_out=2, axis=1, largest=0,
+                       sorted=1)[1]
+        valid = b("Cast", [mask], to=7)
+        count = b("ReduceSum", [valid, one(1)], keepdims=0)
+        self.any = b("Greater", [count, b.const(np.array(0, np.int64))])
+        self.lengths = b("Cast", [b("Max", [count, b.const(np.array(1, np.int64))])], to=6)
+        self.last = b("Sub", [b("CumSum", [valid, b.const(np.array(1, np.int64))]), b.const(np.array(1, np.int64))])
+
+    def _flip(self, v: str) -> str:
+        one = lambda k: self.b.const(np.array([k], np.int64))   # noqa: E731
+        return self.b("Slice", [v, one(-1), one(_INT64_MIN), one(1), one(-1)])
+
+    def _take(self, v: str, index: str) -> str:
+        """``v (B, T, F)`` gathered along time by ``index (B, T)``."""
+        b = self.b
+        idx = b("Expand", [b("Unsqueeze", [index, b.const(np.array([2], np.int64))]), b("Shape", [v])])
+        return b("GatherElements", [v, idx], axis=1)
+
+    def compact(self, x: str) -> str:
+        return self._take(self._flip(x) if self.spec.go_backwards else x, self.order)
+
+    def expand(self, y: str) -> str:
+        b = self.b
+        got = self._take(y, b("Max", [self.last, b.const(np.array(0, np.int64))]))
+        keep = self.mask if self.spec.zero_output_for_mask else b("GreaterOrEqual", [self.last,
+                                                                                       b.const(np.array(0, np.int64))])
+        return b("Mul", [got, b("Cast", [b("Unsqueeze", [keep, b.const(np.array([2], np.int64))])], to=1)])
+
+    def final(self, v: str, init: str | None) -> str:
+        b = self.b
+        cond = b("Unsqueeze", [self.any, b.const(np.array([1], np.int64))])
+        other = init if init is not None else b("Mul", [v, b.const(np.array(0, np.float32))])
+        return b("Where", [cond, v, other])
+
+
+def _merge(b: _Body, spec: RecurrentSpec, fw: str, bw: str) -> list[str]:
     """Keras' Bidirectional merge of the two directions' outputs."""
     mode = spec.merge_mode
     if mode is None:
