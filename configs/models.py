@@ -27,3 +27,12 @@ def conv1d_flatten_dense():
     y = keras.layers.Flatten(name="flatten")(y)
     y = keras.layers.Dense(1, name="dense")(y)
     return perturb(keras.Model(inp, y, name="conv1d_flatten_dense"))
+
+
+def gru64_1000():
+    """A GRU(64) over 1,000 steps of 16 features, then Dense(1): ``make bench``'s recurrent
+    row (one nn.GRU, weights once, against Keras' own GRU)."""
+    inp = keras.Input((1000, 16), name="x")
+    y = keras.layers.GRU(64, name="gru")(inp)
+    y = keras.layers.Dense(1, name="dense")(y)
+    return perturb(keras.Model(inp, y, name="gru64_1000"))

@@ -15,6 +15,7 @@ ratios; writes ``bench.json``.
 - ``cost``      conversion cost: the pipeline against plain tf2onnx + onnx2torch
 - ``latency``   the interleaved timing rounds (``inputs``: what they run on)
 - ``twin``      torchvision's model with the converted weights
+- ``port``      what the user keeps: model.py lines, weight bytes against Keras'
 - ``tables``    the printed tables
 - ``__main__``  ``python -m pipeline.tools.bench``, and the plain-conversion subcommands
 """
@@ -30,6 +31,7 @@ from pipeline.core.artifacts import ModelDir, write_json
 from pipeline.tools.bench.config import DEFAULT_BENCH, BenchConfig, BenchModel, load_config
 from pipeline.tools.bench.cost import convert_pipeline, convert_plain
 from pipeline.tools.bench.latency import latency
+from pipeline.tools.bench.port import port_facts
 from pipeline.tools.bench.tables import ratios, tables
 
 __all__ = ["BenchConfig", "BenchModel", "load_config", "main"]
@@ -65,8 +67,9 @@ def main(argv=None) -> int:
                  else convert_plain(bm, out / "plain", cfg.plain_rss_cap_mb, args.fresh))
         convert_s = time.perf_counter() - t0
         print(f"== {bm.name}: timing", flush=True)
-        lat = latency(bm, ModelDir.of(out, bm.name), cfg)
-        results[bm.name] = {"model": bm.model, "convert": conv, "plain": plain, **lat,
+        mdir = ModelDir.of(out, bm.name)
+        lat = latency(bm, mdir, cfg)
+        results[bm.name] = {"model": bm.model, "convert": conv, "plain": plain, "port": port_facts(mdir), **lat,
                             "ratios": ratios(lat["latency"]),
                             "wall": {"convert_s": round(convert_s, 1), "timing_s": lat["timing_wall_seconds"]}}
         write_json(out / "bench.json", {"results": results, "wall_seconds": round(time.perf_counter() - t_all, 1),

@@ -51,8 +51,7 @@ def _latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
     ort = runners.OnnxRuntimeRunner(mdir.stage("rewrite") / "nchw.onnx", name="onnxruntime", model=bm.name,
                                     stage="bench", threads=cfg.threads)
     keras = runners.KerasRunner(mdir, KERAS_BUILD, threads=cfg.threads, name="keras", stage="bench", cwd=REPO)
-    names = [*cands, "onnxruntime", "keras"]
-    result, warm = {}, {}
+    result, warm, failed = {}, {}, {}
     try:
         keras.start()           # TensorFlow and the model load before the clock starts,
         _ = ort.input_names     # and so does the onnxruntime session (not in its warm-up time)
@@ -64,12 +63,20 @@ def _latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
                 keras.infer(keras_feeds)
             runs = {n: (lambda m=m, xs=xs: m(*xs)) for n, m in cands.items()}
             runs["onnxruntime"] = lambda feeds=feeds: ort.infer(feeds)
+            names = [*runs, "keras"]
             times = {n: [] for n in names}
             with torch.inference_mode():
-                for n, fn in runs.items():
+                for n, fn in list(runs.items()):
                     t0 = time.perf_counter()
-                    for _ in range(cfg.warmup):
-                        fn()
+                    try:
+                        for _ in range(cfg.warmup):
+                            fn()
+                    except Exception as e:   # a candidate that cannot run (torch.compile on a long GRU)
+                        failed[f"{n}@{batch}"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
+                        print(f"bench: {bm.name} {n} at batch {batch} failed: {failed[f'{n}@{batch}']}", flush=True)
+                        del runs[n]
+                        names.remove(n)
+                        continue
                     warm[f"{n}@{batch}"] = round(time.perf_counter() - t0, 2)   # compiles happen here
                 rounds = cfg.rounds.get(batch, 3)
                 for r in range(rounds):
@@ -85,9 +92,9 @@ def _latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
                             t0 = time.perf_counter()
                             runs[n]()
                             times[n].append(time.perf_counter() - t0)
-            result[batch] = {n: {"median_s": statistics.median(t), "runs": len(t)} for n, t in times.items()}
+            result[batch] = {n: {"median_s": statistics.median(t), "runs": len(t)} for n, t in times.items() if t}
     finally:
         keras.close()
         ort.close()
-    return {"latency": {str(b): v for b, v in result.items()}, "warmup_seconds": warm,
+    return {"latency": {str(b): v for b, v in result.items()}, "warmup_seconds": warm, "failed": failed,
             "timing_wall_seconds": round(time.perf_counter() - t_start, 1), **extra}

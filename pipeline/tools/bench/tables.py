@@ -33,6 +33,9 @@ def tables(results: dict) -> str:
                          + f"{rt['torch/keras']:>13.2f}"
                          + f"{rt.get('torch/torchvision', float('nan')):>10.2f}"
                          + f"{rt.get('torch.compile/torchvision', float('nan')):>11.2f}")
+    for name, r in results.items():
+        for cand, why in (r.get("failed") or {}).items():
+            lines.append(f"{name:<24}{cand} could not run: {why}")
     lines += ["", "conversion cost: seconds / peak RSS MB per stage",
               f"{'model':<24}{'pipeline':<72}plain tf2onnx + onnx2torch"]
     for name, r in results.items():
@@ -47,6 +50,14 @@ def tables(results: dict) -> str:
                                         else f"FAILED ({v['error']})") for k, v in p.items() if k in ("export", "import"))
             plain += " (earlier run)" if p.get("reused") else ""
         lines.append(f"{name:<24}{mine:<72}{plain}")
+    lines += ["", "the port: model.py lines, weights stored (MB) against Keras' weights (MB)",
+              f"{'model':<24}{'lines':>7}{'stored':>10}{'keras':>10}{'ratio':>8}"]
+    for name, r in results.items():
+        p = r.get("port") or {}
+        if p:
+            keras = p["keras_weights_bytes"]
+            lines.append(f"{name:<24}{p['model_py_lines']:>7}{p['weights_bytes'] / 1e6:>10.3f}"
+                         + (f"{keras / 1e6:>10.3f}{p['weights_ratio']:>8.3f}" if keras else f"{'-':>10}{'-':>8}"))
     lines += ["", "benchmark wall time, seconds: converting (pipeline + plain) / timing (of which warm-up, "
               "torch.compile included)"]
     for name, r in results.items():
