@@ -28,7 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--config", "-c", help="TOML settings (default: configs/default.toml)")
     common.add_argument("--out", "-o", default="artifacts", help="output folder (default: artifacts)")
     common.add_argument("--name", help="folder name for the model under --out")
-    common.add_argument("--input-shape", help='non-batch input dims: "128,1" or "a=128,1;b=10"')
+    common.add_argument("--input-shape", help='fix non-batch input dims for good (static in every port): '
+                        '"128,1" or "a=128,1;b=10"')
+    common.add_argument("--reference-shape", help='non-batch input dims of the reference inputs; dims Keras leaves '
+                        'None stay free (default sizes 16 for a sequence, 32 for image axes): "128,1" or "a=128,1;b=10"')
     common.add_argument("--rtol", type=float)
     common.add_argument("--atol", type=float)
     common.add_argument("--seed", type=int)
@@ -90,6 +93,7 @@ def _settings(args):
     return load_settings(args.config, model=args.model, name=args.name, rtol=args.rtol, atol=args.atol,
                          seed=args.seed, batch=args.batch,
                          input_shapes=parse_shape(args.input_shape) if args.input_shape else None,
+                         reference_shapes=parse_shape(args.reference_shape) if args.reference_shape else None,
                          channels_last_inputs=args.channels_last_inputs,
                          channels_last_outputs=args.channels_last_outputs,
                          fold_flatten_transpose=args.fold_flatten_transpose,

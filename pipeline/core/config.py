@@ -26,6 +26,9 @@ class Settings:
     # non-batch input shapes for inputs with unknown dimensions: {input name: [dims]},
     # or {"*": [dims]} for every input
     input_shapes: dict = field(default_factory=dict)
+    # sizes at which free (None) dims are checked first (reference inputs), same form as
+    # input_shapes; unset dims get a default (export.reference.default_size); they stay free
+    reference_shapes: dict = field(default_factory=dict)
     channels_last_inputs: bool = False   # keep Keras' NHWC layout at the model inputs
     channels_last_outputs: bool = False  # ... and at its outputs
     fold_flatten_transpose: bool = True  # permute Dense rows instead of a runtime Transpose (torch)
@@ -85,10 +88,11 @@ def load_settings(config: str | Path | None = None, **overrides) -> Settings:
             if not Path(file).is_absolute() and not Path(file).exists():
                 values["model"] = f"{path.parent / file}:{fn}"
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if isinstance(values.get("input_shapes"), str):
-        values["input_shapes"] = parse_shape(values["input_shapes"])
-    if isinstance(values.get("input_shapes"), list):
-        values["input_shapes"] = {"*": values["input_shapes"]}
+    for key in ("input_shapes", "reference_shapes"):
+        if isinstance(values.get(key), str):
+            values[key] = parse_shape(values[key])
+        if isinstance(values.get(key), list):
+            values[key] = {"*": values[key]}
     if "custom_objects" in values:
         values["custom_objects"] = tuple(values["custom_objects"])
     return Settings(**values)

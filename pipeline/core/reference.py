@@ -58,3 +58,17 @@ def output_names(model, n: int) -> list[str]:
     return out
 
 
+def draw_inputs(specs, vocab: int, seed: int, batch: int) -> dict:
+    """Seeded inputs for [(name, shape, dtype)] with static non-batch dims (the export stage's
+    reference inputs; compare draws its inputs at other shapes the same way)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for tname, shape, dtype in specs:
+        full = (batch, *shape[1:])
+        if np.issubdtype(dtype, np.integer):
+            feeds[tname] = rng.integers(0, vocab, size=full).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[tname] = rng.integers(0, 2, size=full).astype(bool)
+        else:
+            feeds[tname] = rng.standard_normal(full).astype(dtype)
+    return feeds

@@ -32,7 +32,8 @@ from pipeline.stages.export.keras_model import calibrate_batchnorm, layer_list, 
 from pipeline.stages.export.recurrent import STUB_OP, may_unroll, stubbed, unroll_if_loop
 from pipeline.stages.export.recurrent_onnx import replace_stubs
 from pipeline.core.reference import flatten_outputs
-from pipeline.stages.export.reference import TF_NAME, input_specs, output_names, reference_inputs
+from pipeline.stages.export.reference import (TF_NAME, vocab_size, fixed_dims, free_dims, input_specs,
+                                              output_names, reference_inputs, reference_shapes)
 from pipeline.stages.export.savedmodel import SavedModelSignature
 from pipeline.stages.export.tf2onnx_path import (HOLD_OUT_BYTES, TF2ONNX_PASSES, check_converted, convert_frozen,
                                                  freeze, save_onnx, tf2onnx_convert)
@@ -57,11 +58,16 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
 
     mdir = ModelDir.of(out, spec.name)
     model = load_model(spec, settings)
-    specs = input_specs(model, settings, spec.name)
+    specs = input_specs(model, settings, spec.name)   # free dims (None) stay symbolic in the signature
+    shapes = reference_shapes(specs, settings, spec.name)
     signature = [tf.TensorSpec(shape, tf.as_dtype(dtype), name=n) for n, shape, dtype in specs]
+    fixed_signature = [tf.TensorSpec(shapes[n], tf.as_dtype(dtype), name=n) for n, _, dtype in specs]
+    free = any(free_dims(s) for _, s, _ in specs)
+    fixed: dict = {}   # input -> dims fixed at the reference size because the symbolic signature failed
+    vocab = vocab_size(model)
 
     if isinstance(model, SavedModelSignature):
-        probe = model(*[tf.zeros([1, *s[1:]], d) for _, s, d in specs])
+        probe = model(*[tf.zeros([1, *shapes[n][1:]], d) for n, _, d in specs])
         out_names = [TF_NAME.sub("_", k) for k in probe]
 
         def call(*xs):
@@ -76,10 +82,15 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
             res = flatten_outputs(m(list(xs) if len(xs) > 1 else xs[0], training=False))
             return dict(zip(out_names, res))
 
-    fn = tf.function(call, input_signature=signature, autograph=False)
-    feeds = reference_inputs(specs, model, settings)
+    feeds = reference_inputs(specs, model, settings, shapes)
     try:
-        ref = fn(*[tf.constant(feeds[n]) for n, _, _ in specs])
+        try:
+            ref = tf.function(call, input_signature=signature, autograph=False)(*[tf.constant(feeds[n]) for n, _, _ in specs])
+        except Exception as e:   # Keras cannot trace the model with free dims: fix them at the reference size
+            if not free:
+                raise
+            fixed, signature = fixed_dims(specs, shapes, "keras", e, layer_list(model)), fixed_signature
+            ref = tf.function(call, input_signature=signature, autograph=False)(*[tf.constant(feeds[n]) for n, _, _ in specs])
     except Exception as e:
         raise PipelineError("export", f"Keras cannot run the model on reference inputs: {type(e).__name__}: {e}",
                             model=spec.name) from e
@@ -91,24 +102,39 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
                             hint="check the model's weights, or change seed in the config")
     layers = layer_list(model)
     params = int(model.count_params()) if hasattr(model, "count_params") else None
+    keep_model = per_layer or may_unroll(model) or (free and not fixed)   # a fixed retry traces it again
     recurrent, fallback = _recurrent_stubbed(call, signature, model, settings, spec.name)
     if recurrent is not None:
         proto, external, stubs = recurrent
     else:
         stubs = None
         try:   # a fresh trace for tf2onnx (see tf2onnx_path._xla_functions_inlined); ``fn`` ran the reference
-            frozen = freeze(tf.function(call, input_signature=signature, autograph=False), signature)
-            if not per_layer and not may_unroll(model):
-                model = None   # the Keras weights are no longer needed: the frozen graph has them
-                gc.collect()
-            proto, external = convert_frozen(frozen, settings.opset)
+            try:
+                frozen = freeze(tf.function(call, input_signature=signature, autograph=False), signature)
+                if not keep_model:
+                    model = None   # the Keras weights are no longer needed: the frozen graph has them
+                    gc.collect()
+                proto, external = convert_frozen(frozen, settings.opset)
+            except Exception as e:   # tf2onnx fails on the symbolic signature: fix the free dims at the reference size
+                if not free or fixed:
+                    raise
+                frozen = None
+                fixed, signature = fixed_dims(specs, shapes, "tf2onnx", e, layers), fixed_signature
+                frozen = freeze(tf.function(call, input_signature=signature, autograph=False), signature)
+                proto, external = convert_frozen(frozen, settings.opset)
             del frozen
         except Exception as e:
             raise PipelineError("export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name) from e
     check_converted(proto, spec.name, layers)
+    if model is not None and not per_layer and not may_unroll(model):
+        model = None   # kept for a fixed retry only
     unrolled = unroll_if_loop(proto, model)
     if unrolled:   # recurrent layers came out as an ONNX Loop: convert them unrolled (see recurrent.py)
         model, rnn_names = unrolled
+        if free and not fixed:   # one step per time step needs a static length
+            fixed = fixed_dims(specs, shapes, "unroll", RuntimeError(
+                f"the recurrent layers {rnn_names} are converted unrolled, one copy per time step"), layers)
+            signature = fixed_signature
         fn = tf.function(call, input_signature=signature, autograph=False)   # ``call`` now sees the copy
         try:
             proto, external = tf2onnx_convert(fn, signature, settings.opset)
@@ -124,7 +150,12 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         "model": spec.name,
         "spec": spec.to_json(),
         "settings": settings.to_json(),
-        "inputs": [{"name": n, "shape": s, "dtype": str(d)} for n, s, d in specs],
+        "inputs": [{"name": n, "shape": [None, *[shapes[n][i] if i in {f["dim"] for f in fixed.get(n, [])} else d
+                                                 for i, d in enumerate(s) if i]],
+                    "dtype": str(d), "reference_shape": shapes[n],
+                    "free_dims": [i for i in free_dims(s) if n not in fixed], "fixed_dims": fixed.get(n, [])}
+                   for n, s, d in specs],
+        "input_vocab": vocab,
         "outputs": [{"name": k, "shape": [None, *ref[k].shape[1:]], "dtype": str(ref[k].dtype)} for k in onnx_outputs],
         "keras_layers": layers,
         "params": params,

@@ -10,13 +10,21 @@ import numpy as np
 
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
-from pipeline.core.reference import TF_NAME, output_names  # noqa: F401  (export's names, shared with the Keras runner)
+from pipeline.core.reference import TF_NAME, draw_inputs, output_names  # noqa: F401  (output_names: export's, shared with the Keras runner)
 from pipeline.stages.export.savedmodel import SavedModelSignature
 
 
 
+# reference sizes of free dimensions (None in Keras, not fixed by --input-shape): a sequence
+# axis (rank <= 3 inputs) gets SEQ_REF, a spatial axis of an image/volume SPATIAL_REF (a
+# multiple of 32: five stride-2 steps and back through UpSampling meet again)
+SEQ_REF = 16
+SPATIAL_REF = 32
+
+
 def input_specs(model, settings: Settings, name: str):
-    """[(name, shape with None batch, np dtype, keras input)] with unknown dims filled in."""
+    """[(name, shape, np dtype)]: the batch dim None, dims ``--input-shape`` fixes filled in,
+    the other dims Keras leaves None stay None (free: the signature keeps them symbolic)."""
     import tensorflow as tf
 
     if isinstance(model, SavedModelSignature):
@@ -34,43 +42,72 @@ def input_specs(model, settings: Settings, name: str):
         while tname in seen:
             tname += "_"
         seen.add(tname)
-        override = settings.input_shapes.get(tname, settings.input_shapes.get("*"))
         dims = shape[1:]
+        override = settings.input_shapes.get(tname, settings.input_shapes.get("*"))
         if override is not None:
-            if len(override) != len(dims) or any(d is not None and d != o for d, o in zip(dims, override)):
-                raise PipelineError("export", f"input shape {list(override)} given for input {tname!r} does not fit "
-                                    f"the model's shape {['N', *[d if d is not None else '?' for d in dims]]}",
-                                    model=name, layer=tname,
-                                    hint="give the non-batch dimensions only, one per '?'")
-            dims = list(override)
-        if any(d is None for d in dims):
-            raise PipelineError("export", f"input {tname!r} has unknown non-batch dimensions "
-                                f"{['N', *[d if d is not None else '?' for d in dims]]}",
-                                model=name, layer=tname,
-                                hint=f"give them with --input-shape {tname}=... (or input_shapes in the config)")
+            dims = fitted(override, dims, tname, name, "input shape", "--input-shape")
         out.append((tname, [None, *dims], np.dtype(dtype)))
     return out
 
 
-def _vocab_size(model) -> int:
+def fitted(given, dims: list, tname: str, model: str, what: str, flag: str) -> list:
+    """``given`` (non-batch dims) checked against the model's ``dims`` (None: unknown)."""
+    if len(given) != len(dims) or any(d is not None and d != o for d, o in zip(dims, given)) \
+            or any(int(o) < 1 for o in given):
+        raise PipelineError("export", f"{what} {list(given)} given for input {tname!r} does not fit "
+                            f"the model's shape {['N', *[d if d is not None else '?' for d in dims]]}",
+                            model=model, layer=tname,
+                            hint=f"give the non-batch dimensions only, one per '?' ({flag})")
+    return [int(o) for o in given]
+
+
+def default_size(rank: int) -> int:
+    """The reference size of a free dimension of a rank-``rank`` input (batch included)."""
+    return SPATIAL_REF if rank >= 4 else SEQ_REF
+
+
+def free_dims(shape: list) -> list[int]:
+    """The free (None) non-batch axes of a signature shape."""
+    return [i for i, d in enumerate(shape) if i > 0 and d is None]
+
+
+def reference_shapes(specs, settings: Settings, name: str) -> dict:
+    """{input name: full shape with None batch} at which the reference inputs are drawn: the
+    signature's static dims, free dims at ``reference_shapes`` (``--reference-shape``) or the
+    default size (``default_size``)."""
+    out = {}
+    for tname, shape, _ in specs:
+        given = settings.reference_shapes.get(tname, settings.reference_shapes.get("*"))
+        if given is not None:
+            dims = fitted(given, shape[1:], tname, name, "reference shape", "--reference-shape")
+        else:
+            dims = [default_size(len(shape)) if d is None else d for d in shape[1:]]
+        out[tname] = [None, *dims]
+    return out
+
+
+def vocab_size(model) -> int:
     sizes = [getattr(l, "input_dim", None) for l in getattr(model, "layers", [])
              if type(l).__name__ == "Embedding"]
     sizes = [s for s in sizes if s]
     return min(sizes) if sizes else 10
 
 
-def reference_inputs(specs, model, settings: Settings) -> dict:
+def reference_inputs(specs, model, settings: Settings, shapes: dict | None = None) -> dict:
     """{input name: seeded batch}: integers below the smallest Embedding's vocabulary, booleans,
-    else standard normal floats."""
-    rng = np.random.default_rng(settings.seed)
-    vocab = _vocab_size(model)
-    feeds = {}
-    for tname, shape, dtype in specs:
-        full = (settings.batch, *shape[1:])
-        if np.issubdtype(dtype, np.integer):
-            feeds[tname] = rng.integers(0, vocab, size=full).astype(dtype)
-        elif dtype == np.bool_:
-            feeds[tname] = rng.integers(0, 2, size=full).astype(bool)
-        else:
-            feeds[tname] = rng.standard_normal(full).astype(dtype)
-    return feeds
+    else standard normal floats; at ``shapes`` ({name: shape}, default: ``reference_shapes``)."""
+    vocab = vocab_size(model)
+    shapes = shapes or reference_shapes(specs, settings, "")
+    return draw_inputs([(n, shapes[n], d) for n, _, d in specs], vocab, settings.seed, settings.batch)
+
+
+def fixed_dims(specs, shapes: dict, by: str, exc: BaseException, layers: list[dict]) -> dict:
+    """{input name: [{dim, size, by, reason, layer}]}: the free dims of ``specs`` fixed at their
+    reference size (``shapes``) because ``by`` (Keras, tf2onnx) failed with ``exc`` on the
+    symbolic signature; ``layer``: the Keras layer the message names, where it names one."""
+    text = f"{type(exc).__name__}: {exc}"
+    reason = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    named = [l["name"] for l in layers if re.search(rf"(?<![\w]){re.escape(l['name'])}(?![\w])", text)]
+    layer = max(named, key=len) if named else None
+    return {n: [{"dim": i, "size": shapes[n][i], "by": by, "reason": f"{type(exc).__name__}: {reason}"[:500],
+                 "layer": layer} for i in free_dims(s)] for n, s, _ in specs if free_dims(s)}
