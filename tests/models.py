@@ -97,7 +97,7 @@ BUILDERS = ["conv1d_flatten_dense", "conv2d_flatten_dense", "conv3d_flatten_dens
 
 
 def unknown_length_conv1d():
-    """A non-batch dimension Keras does not know: needs --input-shape."""
+    """A non-batch dimension Keras does not know: it stays free (any length) in every port."""
     _seed()
     x = keras.Input((None, 3), name="x")
     y = L.Conv1D(4, 3, name="conv")(x)
@@ -119,3 +119,42 @@ def conv_bn_out():
     x = keras.Input((10, 8, 3), name="x")
     y = L.Conv2D(4, 3, name="conv")(x)
     return perturb(keras.Model(x, L.BatchNormalization(center=False, scale=False, name="bn")(y)))
+
+
+def free_size_unet():
+    """An image model of any height and width: strided SAME convs (odd sizes pad
+    asymmetrically), pooling, UpSampling2D, Concatenate skips, global pooling; a logits and
+    a segmentation-map output (whose size follows the input's)."""
+    _seed()
+    x = keras.Input((None, None, 3), name="img")
+    a = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x)
+    a = L.BatchNormalization(name="bn1")(a)
+    b = L.Conv2D(12, 3, strides=2, padding="same", activation="relu", name="down1")(a)   # ceil(H/2)
+    p = L.MaxPooling2D(2, padding="same", name="pool")(a)                                # ceil(H/2)
+    c = L.Concatenate(name="skip1")([b, p])
+    d = L.Conv2D(16, 3, strides=2, padding="same", name="down2")(c)                     # ceil(H/4)
+    u = L.UpSampling2D(2, name="up")(c)
+    u = L.Conv2D(8, 3, padding="same", name="c_up")(u)
+    e = L.AveragePooling2D(2, padding="same", name="avg")(u)                             # ceil(H/2) again
+    f = L.Concatenate(name="skip2")([e, c])
+    seg = L.Conv2D(4, 1, name="seg")(f)
+    g = L.Concatenate(name="heads")([L.GlobalAveragePooling2D(name="gap")(d), L.GlobalMaxPooling2D(name="gmp")(f)])
+    return perturb(keras.Model(x, [L.Dense(5, name="logits")(g), seg]))
+
+
+def free_length_flatten_dense():
+    """A free length that a Reshape pins (to 8): Flatten -> Dense needs that fixed size."""
+    _seed()
+    x = keras.Input((None, 3), name="x")
+    y = L.Conv1D(4, 3, padding="same", name="conv")(x)
+    y = L.Reshape((8, 4), name="pin")(y)
+    y = L.Flatten(name="flatten")(y)
+    return perturb(keras.Model(x, L.Dense(5, name="dense")(y)))
+
+
+def free_flatten_dense():
+    """Flatten -> Dense straight after a free length: Keras cannot build it."""
+    _seed()
+    x = keras.Input((None, 3), name="x")
+    y = L.Flatten(name="flatten")(L.Conv1D(4, 3, name="conv")(x))
+    return perturb(keras.Model(x, L.Dense(5, name="dense")(y)))

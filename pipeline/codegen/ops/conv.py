@@ -25,8 +25,10 @@ def _transposed_pads(gen: Gen, node, a: dict, n: int, kernel, strides, dil) -> l
     if "output_shape" not in a and not auto.startswith("SAME"):
         return list(a.get("pads", [0] * 2 * n))
     dims = gen.dims(node.input[0])[2:]
-    if not all(isinstance(d, int) for d in dims):
-        raise Unsupported("output_shape/auto_pad on a dynamic spatial dimension")
+    if "output_shape" not in a:   # SAME: the output is d * s, so the total pad does not depend on d
+        dims = [1] * n
+    elif not all(isinstance(d, int) for d in dims):
+        raise Unsupported("output_shape on a dynamic spatial dimension")
     target = list(a["output_shape"])[-n:] if "output_shape" in a else [d * s for d, s in zip(dims, strides)]
     begin, end = [], []
     for d, k, s, dl, op, t in zip(dims, kernel, strides, dil, out_pad, target):
@@ -59,7 +61,7 @@ def conv(gen: Gen, node):
     bias = gen.opt_const(node, 2)
     x = gen.t(node.input[0])
     padding, crop = "0", None
-    if any(pads):
+    if any(not isinstance(p, int) or p for p in pads):
         if symmetric(pads):
             padding = short(pads[:n])
         elif transposed:

@@ -9,7 +9,7 @@ divides by a pooled mask of ones.
 from __future__ import annotations
 
 from pipeline.codegen.gen import Gen, Unsupported, attrs, tuple_
-from pipeline.codegen.ops.padding import padded, spatial_pads, symmetric, torch_pad
+from pipeline.codegen.ops.padding import pad_list, padded, spatial_pads, symmetric
 from pipeline.core.registry import handles
 
 
@@ -27,19 +27,20 @@ def pool(gen: Gen, node):
     x = gen.t(node.input[0])
     opts = f"{tuple_(kernel)}, stride={tuple_(strides)}" + (", ceil_mode=True" if ceil else "")
     fits = symmetric(pads) and all(2 * p <= k for p, k in zip(pads[:n], kernel))
+    pads_any = any(not isinstance(p, int) or p for p in pads)
     if node.op_type == "MaxPool":
         if any(d != 1 for d in dil):
             opts += f", dilation={tuple_(dil)}"
-        if any(pads) and fits:
+        if pads_any and fits:
             opts += f", padding={tuple_(pads[:n])}"
-        elif any(pads):
+        elif pads_any:
             x = padded(gen, x, pads, value="float('-inf')")
         gen.emit(node, f"F.max_pool{n}d({x}, {opts})")
         return
     if any(d != 1 for d in dil):
         raise Unsupported("a dilated AveragePool")
     include = bool(a.get("count_include_pad", 0))
-    if not any(pads):
+    if not pads_any:
         gen.emit(node, f"F.avg_pool{n}d({x}, {opts})")
     elif fits:
         gen.emit(node, f"F.avg_pool{n}d({x}, {opts}, padding={tuple_(pads[:n])}, count_include_pad={include})")
@@ -48,7 +49,7 @@ def pool(gen: Gen, node):
     else:
         # asymmetric pads, pads left out of the count: sum over the window / number of real cells
         ones = gen.var("ones")
-        gen.lines.append(f"{ones} = F.pad(torch.ones_like({x}[:1, :1]), {torch_pad(pads)})")
+        gen.lines.append(f"{ones} = F.pad(torch.ones_like({x}[:1, :1]), {pad_list(pads)})")
         gen.emit(node, f"F.avg_pool{n}d({padded(gen, x, pads)}, {opts}) / F.avg_pool{n}d({ones}, {opts})")
 
 
