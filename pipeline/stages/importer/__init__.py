@@ -2,7 +2,8 @@
 
 Writes ``import/model.py`` (generated PyTorch source, see ``codegen``; it needs torch and
 safetensors only), ``import/model.safetensors`` (its weights), ``import/model.pt2`` (a
-``torch.export`` program of that module with a dynamic batch dimension) and
+``torch.export`` program of that module with a dynamic batch dimension and the free
+dimensions of export dynamic as far as the graph allows, see ``dynamic.py``) and
 ``import/import.json`` (``line_nodes``: the ONNX node, op type and Keras layer of each line
 of ``forward``, keyed by line of ``model.py``); with onnx2torch's port of the same graph,
 ``import/onnx2torch.safetensors`` (its weights, for the per-layer debugger) and
@@ -27,6 +28,7 @@ from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.core.reference import inputs_for, load_reference
 from pipeline.runners.pytorch import convert_onnx
+from pipeline.stages.importer.dynamic import export_dynamic
 from pipeline.stages.importer.first_run import run_once
 
 
@@ -106,8 +108,9 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
             save_torch({k: v.contiguous() for k, v in o2t.state_dict().items()}, str(d / "onnx2torch.safetensors"))
             del o2t
         try:
-            with torch.no_grad(), _quiet():
-                program = export_program(module, args)
+            with torch.no_grad(), _quiet():   # the batch and the free dims dynamic, as far as the graph allows
+                program, dynamic = export_dynamic(module, args, meta, read_json(src / "rewrite.json"))
+            info.update(dynamic)
             program.example_inputs = None   # torch.save'd otherwise: the archive then holds no pickle
             torch.export.save(program, str(d / "model.pt2"))
             info["format"] = "pt2"
