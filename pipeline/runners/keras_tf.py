@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -289,8 +290,10 @@ class _Model:
 def _message(e: Exception) -> str:
     if isinstance(e, (PipelineError, Unavailable)):
         return str(e)
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {first}"
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Exception encountered when calling"):   # Keras: the cause is further on
+        lines = [" ".join(lines[:3])]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def _serve(requests, reply_to) -> None:

@@ -60,6 +60,10 @@ def build(mdir: ModelDir, settings=None) -> dict:
         rep["outputs"] = cmp_["outputs"]
         rep["warnings"] = cmp_["warnings"]
         rep["degenerate"] = cmp_.get("degenerate", [])
+        # free input dims, the ones fixed (where, why), every shape checked and the ones failed
+        rep["dims"] = cmp_.get("dims")
+        rep["shapes"] = cmp_.get("shapes", [])
+        rep["failed_shapes"] = cmp_.get("failed_shapes", {})
     if meta:
         rep["inputs"] = meta["inputs"]
         rep["settings"] = meta.get("settings")

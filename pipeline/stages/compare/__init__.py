@@ -31,6 +31,7 @@ from pipeline.core.artifacts import ModelDir, StageClock, atomic_dir, read_json,
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.core.reference import inputs_for, load_reference, output_to_keras
+from pipeline.stages.compare import shapes
 
 # the runners compared with Keras, in the order of the results (report.json, the zoo's table)
 RUNNERS = ("onnx_raw", "onnx_nchw", "torch", "torch_codegen", "torch_pt2")
@@ -189,13 +190,18 @@ def run(mdir: ModelDir, settings: Settings, modules: dict | None = None) -> dict
     feeds_cf = inputs_for(facts, inputs)
     runners, skipped = runners_for(mdir, modules)
     missing_pt2 = skipped.pop("torch_pt2", None)   # not skipped: every model must come with a model.pt2
+    meta = read_json(exp / "meta.json")
+    imp = read_json(mdir.stage("import") / "import.json")
+    more = shapes.prepare(mdir, meta, settings, imp)   # free dims: more shapes, Keras at each
     got = {}
     for name, runner in runners.items():   # raw.onnx takes Keras' layout; the others the rewritten model's
         out = runner.infer(inputs if name == "onnx_raw" else feeds_cf)
         got[name] = out if name == "onnx_raw" else {k: output_to_keras(facts, k, v) for k, v in out.items()}
+        shapes.run_port(name, runner, more, facts)
         runner.close()
     results = {stage: compare_outputs(ref, got[stage], settings.rtol, settings.atol) for stage in RUNNERS
                if stage in got}
+    shape_entries, at_shapes = shapes.results(more, compare_outputs, settings.rtol, settings.atol)
     if missing_pt2:   # its absence fails; onnx2torch is optional
         results["torch_pt2"] = {k: {**compare_arrays(v, np.full_like(v, np.nan), settings.rtol, settings.atol),
                                     "error": missing_pt2} for k, v in ref.items()}
@@ -203,6 +209,8 @@ def run(mdir: ModelDir, settings: Settings, modules: dict | None = None) -> dict
     precision = None
     if settings.float64_check and not kept_ok(results):   # a failing cross-check alone is a warning
         precision = float32_precision(mdir, inputs, ref, got, results)
+    # the verdict counts every shape checked: "output @ x=7x3" entries beside the reference's
+    results = {s: {**per, **at_shapes.get(s, {})} for s, per in results.items()}
     status, stage_warnings = verdict(results, settings.rtol, settings.atol)
     passed = {s: all(r["ok"] for r in results[s].values()) for s in results}
     summary = {
@@ -216,6 +224,11 @@ def run(mdir: ModelDir, settings: Settings, modules: dict | None = None) -> dict
         "passed": passed,
         "skipped": skipped,
         "outputs": {k: {s: results[s][k] for s in results} for k in ref},
+        "shapes": ([{"case": "reference", "inputs": {i["name"]: i.get("reference_shape") or i["shape"]
+                                                       for i in meta["inputs"]}}] + shape_entries) if more else [],
+        "dims": shapes.dims(meta, imp),
+        "failed_shapes": {s: sorted({k.split(" @ ", 1)[1] for k, r in per.items() if " @ " in k and not r["ok"]})
+                          for s, per in results.items() if any(" @ " in k and not r["ok"] for k, r in per.items())},
         "warnings": [*degenerate_outputs.values(), *stage_warnings],
         "degenerate": list(degenerate_outputs),   # outputs whose parity proves little (the zoo checks per layer)
     }
@@ -238,6 +251,14 @@ def table(summary: dict) -> str:
                            f"Keras {p['keras_vs_float64']:.3g}")
             rows.append(f"{name[:28]:<28} {stage:<13} {fmt(r['max_abs_err']):>12} {fmt(r['max_rel_err']):>12} "
                         f"{r['tolerance']:>11.3g}  {verdict}")
+    rows += shapes.describe(summary["dims"]) if summary.get("dims") else []
+    for e in summary.get("shapes", [])[1:]:
+        if "skipped" in e:
+            rows.append(f"at {e['label']}: skipped, {e['skipped']}")
+            continue
+        errs = ", ".join(f"{s} {v:.3g}{'' if e['passed'][s] else ' NO'}" for s, v in e["max_rel_err"].items())
+        rows.append(f"at {e['label']}: max rel err {errs}"
+                    + "".join(f"; {s} skipped: {why}" for s, why in e.get("port_skipped", {}).items()))
     p = summary.get("float32_precision")
     if p and not p["available"]:
         rows.append(f"(float64 check of Keras' own precision unavailable: {p['reason']})")
