@@ -92,8 +92,10 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
             fixed, signature = fixed_dims(specs, shapes, "keras", e, layer_list(model)), fixed_signature
             ref = tf.function(call, input_signature=signature, autograph=False)(*[tf.constant(feeds[n]) for n, _, _ in specs])
     except Exception as e:
+        hint = (f"its free dims were drawn at {[shapes[n] for n, s, _ in specs if free_dims(s)]}: give sizes it "
+                "takes with --reference-shape (they stay free), or fix them with --input-shape") if free else None
         raise PipelineError("export", f"Keras cannot run the model on reference inputs: {type(e).__name__}: {e}",
-                            model=spec.name) from e
+                            model=spec.name, hint=hint) from e
     ref = {k: np.asarray(v) for k, v in ref.items()}
     bad = [k for k, v in ref.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
     if bad:

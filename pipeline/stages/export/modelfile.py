@@ -126,6 +126,11 @@ def explain(e: Exception, facts: dict, package: str = "keras") -> tuple[str, str
                 hint = f"re-save the model with Keras {installed}, or install the Keras that wrote it; or {hint}"
             return f"the model uses class {cls!r}{where}, which {package} {installed} does not know{by}", hint
     first = text.strip().splitlines()[0] if text.strip() else ""
+    if "must be fully-defined (no `None` dimensions)" in text:   # e.g. Flatten -> Dense after a free dim
+        return (f"cannot build the model: a layer's weights depend on an input dimension left None "
+                f"(free): {type(e).__name__}: {first[:300]}",
+                "a Flatten -> Dense (or another layer whose weights depend on that size) cannot follow a free "
+                "dimension: give that input a fixed size in the model, e.g. keras.Input((128, 3))")
     return (f"cannot load the model{by}: {type(e).__name__}: {first[:400]}",
             f"install the Keras that wrote the file, or {_RESAVE}" if newer else None)
 
