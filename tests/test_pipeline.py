@@ -188,15 +188,16 @@ def test_saved_torch_model_reproduces_keras_in_fresh_process(tmp_path):
     assert "fresh-process-ok pt2" in proc.stdout
 
 
-def test_unknown_dimension_needs_input_shape(tmp_path):
+def test_unknown_dimension_stays_free_or_is_fixed_by_input_shape(tmp_path):
+    """A dim Keras leaves None needs no flag (it stays free: tests/test_dynamic_dims.py);
+    --input-shape fixes it for good."""
     proc = cli("convert", "--model", "tests/models.py:unknown_length_conv1d", "--out", tmp_path)
-    assert proc.returncode == 2
-    assert "--input-shape" in proc.stderr and "unknown non-batch" in proc.stderr
-    rep = report(tmp_path, "unknown_length_conv1d")
-    assert rep["status"] == "failed" and rep["error"]["stage"] == "export"
-    assert not (tmp_path / "unknown_length_conv1d" / "export").exists()
-    proc = cli("convert", "--model", "tests/models.py:unknown_length_conv1d", "--input-shape", "40,3", "--out", tmp_path)
-    assert_ok(proc, tmp_path, "unknown_length_conv1d")
+    rep = assert_ok(proc, tmp_path, "unknown_length_conv1d")
+    assert rep["inputs"][0]["free_dims"] == [1] and rep["inputs"][0]["shape"] == [None, None, 3]
+    proc = cli("convert", "--model", "tests/models.py:unknown_length_conv1d", "--input-shape", "40,3", "--out",
+               tmp_path / "fixed")
+    rep = assert_ok(proc, tmp_path / "fixed", "unknown_length_conv1d")
+    assert rep["inputs"][0]["free_dims"] == [] and rep["inputs"][0]["shape"] == [None, 40, 3]
 
 
 def _float64_module(raw_onnx, scale: float = 1.0):

@@ -224,8 +224,7 @@ def run(mdir: ModelDir, settings: Settings, modules: dict | None = None) -> dict
         "passed": passed,
         "skipped": skipped,
         "outputs": {k: {s: results[s][k] for s in results} for k in ref},
-        "shapes": ([{"case": "reference", "inputs": {i["name"]: i.get("reference_shape") or i["shape"]
-                                                       for i in meta["inputs"]}}] + shape_entries) if more else [],
+        "shapes": ([shapes.reference_entry(meta, results)] + shape_entries) if more else [],
         "dims": shapes.dims(meta, imp),
         "failed_shapes": {s: sorted({k.split(" @ ", 1)[1] for k, r in per.items() if " @ " in k and not r["ok"]})
                           for s, per in results.items() if any(" @ " in k and not r["ok"] for k, r in per.items())},

@@ -54,6 +54,16 @@ def label(shapes: dict) -> str:
     return ";".join(f"{n}={'x'.join(str(d) for d in s[1:])}" for n, s in shapes.items())
 
 
+def reference_entry(meta: dict, results: dict) -> dict:
+    """The reference shape's entry of ``shapes`` (its numbers are compare.json's ``outputs``)."""
+    inputs = {i["name"]: i.get("reference_shape") or i["shape"] for i in meta["inputs"]}
+    ref = {s: {k: r for k, r in per.items() if " @ " not in k} for s, per in results.items()}
+    return {"case": "reference", "inputs": inputs, "label": label(inputs),
+            "passed": {s: all(r["ok"] for r in per.values()) for s, per in ref.items()},
+            "max_abs_err": {s: _worst(per, "max_abs_err") for s, per in ref.items()},
+            "max_rel_err": {s: _worst(per, "max_rel_err") for s, per in ref.items()}}
+
+
 def prepare(mdir, meta: dict, settings, imp: dict) -> list[dict]:
     """The cases with their feeds (Keras' layout) and Keras' outputs; a case Keras rejects
     gets ``skipped``. Empty (no Keras process) when the model has no free dims."""
