@@ -13,7 +13,8 @@ def keras_inputs(mdir: ModelDir, batch: int) -> dict:
     (standard normal, seed 0, in the model's input order)."""
     meta = read_json(mdir.stage("export") / "meta.json")
     rng = np.random.default_rng(0)
-    return {i["name"]: rng.standard_normal((batch, *i["shape"][1:])).astype(i["dtype"]) for i in meta["inputs"]}
+    return {i["name"]: rng.standard_normal((batch, *(i.get("reference_shape") or i["shape"])[1:])).astype(i["dtype"])
+            for i in meta["inputs"]}
 
 
 def converted_inputs(mdir: ModelDir, batch: int) -> dict:
