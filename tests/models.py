@@ -158,3 +158,14 @@ def free_flatten_dense():
     x = keras.Input((None, 3), name="x")
     y = L.Flatten(name="flatten")(L.Conv1D(4, 3, name="conv")(x))
     return perturb(keras.Model(x, L.Dense(5, name="dense")(y)))
+
+
+def free_length_dense():
+    """A Dense on every step of a free length (tf2onnx's Tensordot: Shape -> ReduceProd ->
+    Reshape), after a strided SAME Conv1D, pooling and a LayerNormalization."""
+    _seed()
+    x = keras.Input((None, 4), name="x")
+    y = L.Conv1D(8, 3, strides=2, padding="same", activation="relu", name="conv")(x)
+    y = L.MaxPooling1D(2, padding="same", name="pool")(y)
+    y = L.LayerNormalization(name="ln")(y)
+    return perturb(keras.Model(x, L.Dense(3, name="dense")(y)))

@@ -168,3 +168,15 @@ def test_shape_cases():
         ("odd", [None, 33, 47, 3]), ("large", [None, 64, 64, 3])]
     fixed = {"inputs": [{"name": "x", "shape": [None, 8, 3], "reference_shape": [None, 8, 3], "free_dims": []}]}
     assert shapes.cases(fixed) == []
+
+
+def test_dense_on_every_step_of_a_free_length(tmp_path):
+    rep = _convert(tmp_path, "free_length_dense")
+    assert [e["label"] for e in rep["shapes"]] == ["x=16x4", "x=17x4", "x=1x4", "x=128x4"]
+    for e in rep["shapes"]:
+        assert e["passed"]["torch_codegen"], e
+        assert e["passed"].get("torch_pt2") or "torch_pt2" in e.get("port_skipped", {}), e
+    mdir = ModelDir.of(tmp_path, "free_length_dense")
+    src = (mdir.stage("import") / "model.py").read_text()
+    assert ".shape[2]), 8)" in src   # the Tensordot's reshape keeps the length symbolic
+    _check_ports_at(mdir, [{"x": [None, n, 4]} for n in (9, 40)])

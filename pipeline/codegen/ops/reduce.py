@@ -8,6 +8,7 @@ opset 13 and the other reductions at opset 18: two registrations each.
 from __future__ import annotations
 
 from pipeline.codegen.gen import Gen, Unsupported, attrs, tuple_
+from pipeline.codegen.values import Shape, sym
 from pipeline.core.registry import handles
 
 REDUCE = {"ReduceMean": "torch.mean", "ReduceSum": "torch.sum", "ReduceMax": "torch.amax",
@@ -19,6 +20,16 @@ _OTHERS = [op for op in REDUCE if op != "ReduceSum"]
 def _reduce(gen: Gen, node, axes) -> None:
     a = attrs(node)
     keep = bool(a.get("keepdims", 1))
+    v = gen.values.get(node.input[0])
+    if isinstance(v, Shape) and not v.scalar and node.op_type in ("ReduceProd", "ReduceSum") \
+            and (axes is None or [int(i) for i in axes] in ([0], [-1])):
+        # shape arithmetic (tf2onnx's Tensordot: the product of the free dims), kept as an int expression
+        op = "*" if node.op_type == "ReduceProd" else "+"
+        acc = v.items[0] if v.items else (1 if op == "*" else 0)
+        for item in v.items[1:]:
+            acc = sym(op, acc, item)
+        gen.set_shape(node, [acc], scalar=not keep)
+        return
     x = gen.t(node.input[0])
     if node.op_type == "ReduceSumSquare":
         x = f"({x} * {x})"

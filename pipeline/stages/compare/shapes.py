@@ -7,8 +7,9 @@ sequence axes only: inputs of rank 3 or less) and ``large`` (8x a sequence axis,
 axis). Every free dim of every input takes its case size at once, so inputs that share a
 length keep sharing it. The inputs are drawn as the reference inputs are (``draw_inputs``,
 the same seed), Keras runs on them in its own process (the Keras runner), and a shape Keras
-rejects is skipped with its reason. A port whose ``model.pt2`` the import stage made with a
-dim fixed (``import.json`` ``fixed_dims``) is skipped where that dim differs, with the reason.
+rejects is skipped with its reason. ``model.pt2`` is skipped, with the reason, where the import
+stage fixed a dim (``import.json`` ``fixed_dims``) that differs, and where a runtime guard it
+recorded (``pt2_guards``) refuses the size; model.py is checked at every shape.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def prepare(mdir, meta: dict, settings, imp: dict) -> list[dict]:
             except PipelineError as e:
                 c["skipped"] = f"Keras rejects this shape: {e.info.message[:300]}"
             ref = {i["name"]: i.get("reference_shape") or i["shape"] for i in meta["inputs"]}
+            c["pt2_guards"] = imp.get("pt2_guards", [])
             c["pt2_fixed"] = [f"{f['input']} dim {f['dim']} ({f['name']}) is fixed at {f['size']} in model.pt2: "
                               f"{f['reason'][:200]}" for (n, k), f in fixed.items() if c["inputs"][n][k] != ref[n][k]]
     return todo
@@ -100,8 +102,12 @@ def run_port(name: str, runner, todo: list[dict], facts: dict) -> None:
             continue
         try:
             out = runner.infer(c["feeds"] if name == "onnx_raw" else inputs_for(facts, c["feeds"]))
-        except PipelineError as e:
-            c.setdefault("errors", {})[name] = e.info.message[:500]
+        except PipelineError as e:   # a runtime guard import recorded refuses the size: a known limit, not a fault
+            if name == "torch_pt2" and c["pt2_guards"] and "Guard failed" in e.info.message:
+                c.setdefault("port_skipped", {})[name] = (f"model.pt2 refuses this size ({e.info.message[:200]}); "
+                                                          f"import.json pt2_guards: {c['pt2_guards'][0][:200]}")
+            else:
+                c.setdefault("errors", {})[name] = e.info.message[:500]
             continue
         c.setdefault("got", {})[name] = out if name == "onnx_raw" else {k: output_to_keras(facts, k, v)
                                                                          for k, v in out.items()}
@@ -143,6 +149,7 @@ def dims(meta: dict, imp: dict) -> dict:
     fixed += [{k: f.get(k) for k in ("input", "dim", "size", "by", "reason", "name")} for f in imp.get("fixed_dims", [])]
     return {"free": {i["name"]: i["free_dims"] for i in meta["inputs"] if i.get("free_dims")},
             "pt2_dynamic": imp.get("dynamic_dims", {}), "pt2_constraints": imp.get("dim_constraints", []),
+            "pt2_guards": imp.get("pt2_guards", []),
             "fixed": fixed}
 
 
@@ -152,6 +159,7 @@ def describe(d: dict) -> list[str]:
     if d["free"]:
         rows.append("free dims: " + "; ".join(f"{n} dims {v}" for n, v in d["free"].items())
                     + (f" (model.pt2: {d['pt2_constraints']})" if d["pt2_constraints"] else ""))
+    rows += [f"model.pt2 keeps a runtime guard on a free dim: {g[:200]}" for g in d.get("pt2_guards", [])]
     for f in d["fixed"]:
         where = f" (Keras layer {f['layer']!r})" if f.get("layer") else ""
         rows.append(f"fixed: {f['input']} dim {f['dim']} at {f['size']} by {f['by']}{where}: {f['reason'][:200]}")

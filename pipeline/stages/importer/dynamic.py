@@ -2,13 +2,16 @@
 export stage left free (``meta.json`` ``free_dims``, Keras axes), moved to the axis the
 torch model takes it on (channels-first inputs, ``rewrite.json``).
 
-torch.export checks the graph's guards against that spec. Where they narrow it, its
-suggested fixes (``refine_dynamic_shapes_from_suggested_fixes``) are applied and recorded:
-a range or a relation (``8*_x_len``) keeps the dim dynamic;
-sizes are size-oblivious (``backed_size_oblivious``: a free size is not assumed to be 1, so
-ops do not guard on it; compare checks length 1 where Keras takes it); a dim specialized to a value,
-or a failure without a usable suggestion, makes it static. ``import.json`` records each
-(``dynamic_dims``, ``fixed_dims`` with torch's reason, ``dim_constraints``).
+torch.export checks the graph's guards against that spec. Sizes are size-oblivious
+(``backed_size_oblivious``: a free size is not assumed to be 1, so ops do not guard on it;
+compare checks length 1 where Keras takes it). Where the guards narrow the spec, torch's
+suggested fixes (``refine_dynamic_shapes_from_suggested_fixes``) are applied and recorded: a
+range or a relation (``8*_x_len``) keeps the dim dynamic, a dim specialized to a value makes
+it static. A guard no range expresses (``ceil(L / 4) != 1``, from a permute's strides) is left
+to torch as a runtime check (``Dim.AUTO``; ``pt2_guards``: model.pt2 refuses those sizes with
+"Guard failed", and compare records them as skipped for model.pt2); a failure beyond that
+makes the free dims static. ``import.json`` records each (``dynamic_dims``, ``fixed_dims``
+with torch's reason, ``dim_constraints``, ``pt2_guards``).
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def export_dynamic(module, args, meta: dict, facts: dict) -> tuple:
     axes = free_axes(meta, facts)
     names = [i["name"] for i in meta["inputs"]]
     spec = tuple({0: batch, **{ax: torch.export.Dim(nm, min=1) for ax, (nm, _) in per.items()}} for per in axes)
-    fixed, constraints = [], []
+    fixed, constraints, guards, auto = [], [], [], False
 
     def fix(i: int, ax: int, reason: str):
         nm, k = axes[i][ax]
@@ -89,7 +92,14 @@ def export_dynamic(module, args, meta: dict, facts: dict) -> tuple:
                     new = torch.export.dynamic_shapes.refine_dynamic_shapes_from_suggested_fixes(fixes, spec)
                 except Exception:  # an unparsable suggestion: fall back to static dims below
                     new = None
-            if new is None or [sorted(map(repr, d.items())) for d in new] == [sorted(map(repr, d.items())) for d in spec]:
+            same = new is not None and [sorted(map(repr, d.items())) for d in new] == \
+                [sorted(map(repr, d.items())) for d in spec]
+            if (new is None or same) and not auto:   # a guard no Dim range expresses: torch keeps it as a check
+                auto = True
+                guards.append(_reason(msg))
+                spec = tuple({ax: (d if ax == 0 else torch.export.Dim.AUTO) for ax, d in per.items()} for per in spec)
+                continue
+            if new is None or same:
                 for i, ax in left:   # no usable suggestion: every free dim static
                     fix(i, ax, _reason(msg))
                 spec = tuple({0: batch} for _ in spec)
@@ -102,6 +112,14 @@ def export_dynamic(module, args, meta: dict, facts: dict) -> tuple:
                     new[i].pop(ax, None)
             constraints += [s for s in _suggestions(msg) if not re.match(r"\w+ = \d+$", s)]
             spec = new
+    if auto:   # Dim.AUTO: torch may still have specialized a dim; the program's inputs say
+        vals = [n.meta["val"] for n in program.graph.find_nodes(op="placeholder")
+                if n.name in program.graph_signature.user_inputs]
+        for i, per in enumerate(spec):
+            for ax in [ax for ax in per if ax != 0]:
+                if isinstance(vals[i].shape[ax], int):
+                    fix(i, ax, "torch.export specialized it (Dim.AUTO after: " + guards[-1] + ")")
+                    per.pop(ax)
     dynamic = {names[i]: {str(k): nm for ax, (nm, k) in axes[i].items() if ax in spec[i]} for i in range(len(names))}
     return program, {"dynamic_dims": {k: v for k, v in dynamic.items() if v}, "fixed_dims": fixed,
-                     "dim_constraints": constraints}
+                     "dim_constraints": constraints, "pt2_guards": guards if auto else []}
