@@ -21,7 +21,7 @@ from conftest import REPO, cli, report
 
 RTOL, ATOL = 1e-5, 1e-6   # max|d| <= RTOL * max|keras| + ATOL
 STAGES = ("onnx_raw", "onnx_nchw", "torch_codegen", "torch_pt2")
-# the reference shapes at export; the time axis is free in every builder
+# the reference shapes at export (--reference-shape): the time axis stays free in every port
 SHAPES = {"recurrent_lstm": "x=7,3", "recurrent_gru_rnn": "x=7,3", "recurrent_more": "x=7,3;h0=4;c0=4",
           "recurrent_masked": "ids=9;x=9,3",
           "conv_lstm": "seq1d=4,8,2;seq2d=4,7,6,2;seq3d=4,4,5,4,1", "gru_stack": "x=15,5"}
@@ -34,7 +34,7 @@ def converted(tmp_path_factory):
     out = tmp_path_factory.mktemp("recurrent")
     for name, shape in SHAPES.items():
         proc = cli("convert", "--model", f"tests/builders_recurrent.py:{name}", "--out", out, "--atol", ATOL,
-                   "--input-shape", shape)
+                   "--reference-shape", shape)
         assert proc.returncode in (0, 1), proc.stdout[-2000:] + proc.stderr[-3000:]
     return out
 

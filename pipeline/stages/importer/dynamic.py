@@ -73,16 +73,19 @@ def export_dynamic(module, args, meta: dict, facts: dict) -> tuple:
         fixed.append({"input": names[i], "dim": k, "torch_axis": ax, "name": nm, "size": int(args[i].shape[ax]),
                       "by": "torch.export", "reason": reason[:500]})
 
-    attempt = 0
+    attempt, oblivious = 0, True
     while True:
         attempt += 1
         try:   # size-oblivious: a free size is not assumed to be 1 (no guard "L - 2 != 1" per op)
-            with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+            with torch.fx.experimental._config.patch(backed_size_oblivious=oblivious):
                 program = torch.export.export(module, args, dynamic_shapes=spec, strict=False)
             break
         except Exception as e:  # torch.export raises several types (UserError, ConstraintViolation, ...)
             msg = f"{type(e).__name__}: {e}"
             left = [(i, ax) for i, per in enumerate(spec) for ax in per if ax != 0]
+            if not left and oblivious:   # measured: nn.GRU's decomposition pins the batch when size-oblivious
+                oblivious = False
+                continue
             if not left:
                 raise
             new = None
