@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_ok, cli, report
+from conftest import assert_ok, cli
 from pipeline.core.artifacts import ModelDir, read_json
 from pipeline.core.config import Settings
 from pipeline.core.reference import draw_inputs, inputs_for, output_to_keras

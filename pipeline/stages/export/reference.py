@@ -5,6 +5,7 @@ confused with ``pipeline.core.reference``, which reads ``reference.npz`` back.
 
 from __future__ import annotations
 
+import re
 
 import numpy as np
 
