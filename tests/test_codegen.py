@@ -96,7 +96,7 @@ def test_submodules_are_named_after_keras_layers(converted):
     assert "self.head1 = nn.Linear(76, 3)" in src
     assert "onnx" not in src.replace("onnx2torch", "")   # no ONNX runtime pieces in the source
     src = (converted / "conv1d_lstm" / "import" / "model.py").read_text()
-    assert "self.lstm = nn.LSTM(6, 4)" in src and "self.conv1d = nn.Conv1d(3, 6, 3)" in src
+    assert "self.lstm = nn.LSTM(6, 4, batch_first=True)" in src and "self.conv1d = nn.Conv1d(3, 6, 3)" in src
 
 
 def _batch(arrays, n):
