@@ -7,6 +7,7 @@ runs them eagerly; torch.export refuses them (``import.json`` says so)."""
 
 from __future__ import annotations
 
+from pipeline.codegen.fusions import DOMAIN
 from pipeline.codegen.gen import TORCH_DTYPE, Gen, Unsupported, attrs
 from pipeline.core.registry import handles
 
@@ -113,3 +114,14 @@ def scatter_elements(gen: Gen, node):
     upd = f"{gen.t(node.input[2])}.to({x}.dtype)"
     reduce = f", reduce={red!r}" if red else ""
     gen.emit(node, f"torch.scatter({x}, {axis}, {i}, {upd}{reduce})")
+
+
+@handles(f"{DOMAIN}::Bincount")
+def bincount(gen: Gen, node):
+    """Per row of a ``(batch, n)`` int tensor, how often each value in ``[0, depth)`` occurs
+    (``binary``: whether it occurs), int64 ``(batch, depth)``: Keras' CategoryEncoding
+    ``count``/``multi_hot`` (``fusions.fuse_bincount``)."""
+    a = attrs(node)
+    x = gen.t(node.input[0])
+    hits = f"{x}.long().unsqueeze(-1) == torch.arange({a['depth']}, device={x}.device)"
+    gen.emit(node, f"({hits}).{'any' if a['binary'] else 'sum'}(1).to(torch.int64)", hint="counts")
