@@ -105,15 +105,35 @@ def category_encoding():
     return perturb(keras.Model([cat, tags, num], L.Dense(2, name="out")(y), name="category_encoding"))
 
 
+def embedding_ranges():
+    """Int inputs feeding an Embedding (input_dim 50), a CategoryEncoding (num_tokens 5) and
+    both (the narrower range wins): reference inputs drawn where the model can index."""
+    _seed()
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    seg = keras.Input((6,), dtype="int32", name="seg")
+    e = L.Embedding(50, 4, name="tokens")(ids)
+    s = L.Embedding(3, 4, name="segments")(seg)
+    y = L.GlobalAveragePooling1D(name="pool")(L.Add(name="sum")([e, s]))
+    cat = L.CategoryEncoding(3, output_mode="count", name="seg_count")(seg)
+    y = L.Concatenate(name="concat")([y, cat])
+    return perturb(keras.Model([ids, seg], L.Dense(2, name="out")(y), name="embedding_ranges"))
+
+
 def integer_lookup():
-    """IntegerLookup and Hashing on int inputs, then one-hot and an Embedding."""
+    """IntegerLookup on an int input: tf2onnx cannot export its hash table; the error names it."""
     _seed()
     code = keras.Input((1,), dtype="int64", name="code")
+    y = L.IntegerLookup(vocabulary=[3, 7, 11, 20, 42], output_mode="one_hot", name="lookup")(code)
+    return keras.Model(code, L.Dense(2, name="out")(y), name="integer_lookup")
+
+
+def hashing():
+    """Hashing on an int input: TensorFlow hashes its string form (StringToHashBucketFast),
+    which tf2onnx has no converter for; the error names the layer."""
+    _seed()
     ids = keras.Input((3,), dtype="int64", name="ids")
-    lookup = L.IntegerLookup(vocabulary=[3, 7, 11, 20, 42], output_mode="one_hot", name="lookup")(code)
-    hashed = L.Hashing(num_bins=6, output_mode="multi_hot", name="hashing")(ids)
-    y = L.Concatenate(name="concat")([lookup, hashed])
-    return perturb(keras.Model([code, ids], L.Dense(2, name="out")(y), name="integer_lookup"))
+    y = L.Hashing(num_bins=6, output_mode="multi_hot", name="hashing")(ids)
+    return keras.Model(ids, L.Dense(2, name="out")(y), name="hashing")
 
 
 def string_lookup():
