@@ -83,6 +83,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
             return dict(zip(out_names, res))
 
     feeds = reference_inputs(specs, model, settings, shapes)
+    ranges = input_ranges(specs, model, settings)   # before tracing (which adds nodes to the layers)
     try:
         try:
             ref = tf.function(call, input_signature=signature, autograph=False)(*[tf.constant(feeds[n]) for n, _, _ in specs])
@@ -159,7 +160,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
                     "free_dims": [i for i in free_dims(s) if n not in fixed], "fixed_dims": fixed.get(n, [])}
                    for n, s, d in specs],
         "input_vocab": vocab,
-        "input_ranges": input_ranges(specs, model, settings),
+        "input_ranges": ranges,
         "outputs": [{"name": k, "shape": [None, *ref[k].shape[1:]], "dtype": str(ref[k].dtype)} for k in onnx_outputs],
         "keras_layers": layers,
         "params": params,
