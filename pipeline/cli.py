@@ -16,7 +16,7 @@ import traceback
 from pipeline.stages import STAGES
 from pipeline.core import runstate
 from pipeline.core.artifacts import ModelDir, write_json
-from pipeline.core.config import load_settings, parse_shape
+from pipeline.core.config import load_settings, parse_ranges, parse_shape
 from pipeline.core.errors import PipelineError
 from pipeline.core.spec import resolve
 
@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                         '"128,1" or "a=128,1;b=10"')
     common.add_argument("--reference-shape", help='non-batch input dims of the reference inputs; dims Keras leaves '
                         'None stay free (default sizes 16 for a sequence, 32 for image axes): "128,1" or "a=128,1;b=10"')
+    common.add_argument("--input-range", help='integers an int input is drawn from, hi exclusive (default: what '
+                        'the Embedding/CategoryEncoding/IntegerLookup it feeds can index): "ids=0:100;seg=0:2"')
     common.add_argument("--rtol", type=float)
     common.add_argument("--atol", type=float)
     common.add_argument("--seed", type=int)
@@ -94,6 +96,7 @@ def _settings(args):
                          seed=args.seed, batch=args.batch,
                          input_shapes=parse_shape(args.input_shape) if args.input_shape else None,
                          reference_shapes=parse_shape(args.reference_shape) if args.reference_shape else None,
+                         input_ranges=parse_ranges(args.input_range) if args.input_range else None,
                          channels_last_inputs=args.channels_last_inputs,
                          channels_last_outputs=args.channels_last_outputs,
                          fold_flatten_transpose=args.fold_flatten_transpose,

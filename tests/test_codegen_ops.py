@@ -185,8 +185,26 @@ add("gather-embedding", Case("Gather", (w(10, 4, seed=8), X((2, 5), I64, low=0, 
 add("pad-constant", Case("Pad", (S4, i64(0, 0, 1, 2, 0, 0, 2, 1), f32(1.5).reshape(()))))
 add("pad-reflect", Case("Pad", (S4, i64(0, 0, 1, 2, 0, 0, 2, 1)), {"mode": "reflect"}))
 add("pad-edge-axes", Case("Pad", (S4, i64(1, 2, 2, 0), None, i64(2, 3)), {"mode": "edge"}, opset=18))
+for r, pads in ((3, (0, 2, 0, 0, 3, 0)), (4, (0, 1, 2, 0, 0, 3, 1, 0)), (5, (0, 2, 0, 3, 0, 0, 1, 0, 3, 0)),
+                (5, (0, 1, 2, 1, 0, 0, 1, 1, 2, 0)), (4, (1, 1, 2, 3, 0, 0, 1, 0))):
+    for mode in ("reflect", "edge"):
+        add(f"pad-{mode}-rank{r}-{''.join(map(str, pads))}",
+            Case("Pad", (X((4, 5, 6, 7, 4)[:r]), i64(*pads)), {"mode": mode}))
+add("pad-wrap-rank5", Case("Pad", (X((2, 3, 4, 5, 3)), i64(0, 1, 0, 2, 0, 0, 2, 0, 1, 0)), {"mode": "wrap"}, opset=19))
 add("pad-nothing", Case("Pad", (S4, i64(0, 0, 0, 0, 0, 0, 0, 0))))
 add("pad-opset10-attribute", Case("Pad", (S4,), {"pads": [0, 0, 1, 2, 0, 0, 2, 1], "value": -0.5}, opset=10))
+
+# ---- indexing by tensor values (CategoryEncoding, symmetric padding's mask) ----------------
+add("onehot-last-axis", Case("OneHot", (X((2, 5), I64, low=-7, high=8), i64(6), f32(0, 1)), {"axis": -1}))
+add("onehot-axis1-values", Case("OneHot", (X((2, 5), I64, low=-2, high=5), i64(4), f32(-0.5, 2.0)), {"axis": 1}))
+add("unique-rows-counts", Case("Unique", (X((7, 2), I64, low=0, high=2),), {"axis": 0, "sorted": 1}, outputs=4,
+                               covers="Unique"))
+add("compress-constant-slice", Case("Compress", (S4, np.array([False, True, True, False, False])), {"axis": 2}))
+add("compress-constant-gather", Case("Compress", (S4, np.array([True, False, True])), {"axis": 1}))
+add("compress-runtime", Case("Compress", (S, X((3,), BOOL)), {"axis": 1}))
+add("scatternd-rows", Case("ScatterND", (X((4, 5)), i64(3, 1, 0, 2, 1, 4).reshape(3, 2), X((3,), static=True))))
+add("scatterelements-axis1", Case("ScatterElements", (X((3, 5)), i64(1, -1, 0, 4, 2, 3).reshape(3, 2),
+                                                      X((3, 2))), {"axis": 1}))
 
 # ---- reductions ---------------------------------------------------------------------------
 REDUCE_OTHERS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL2", "ReduceSumSquare",
@@ -292,6 +310,8 @@ NO_CASE: dict[str, str] = {
     f"ai.keras2torch::{op}": "one-node cases in test_keras_recurrent_ops.py: the node's body is a model-local "
                              "function, which this harness's plain graphs have no place for"
     for op in ("GRU", "LSTM", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")}
+NO_CASE["ai.keras2torch::Bincount"] = ("fused from tf2onnx's whole DenseBincount subgraph (Unique, Compress, "
+                                       "ScatterND): category_encoding in test_beyond.py against Keras")
 
 
 # ---- the harness ----------------------------------------------------------------------------
@@ -337,7 +357,7 @@ def _model(case: Case):
 def _generated_module(model, tmp_path, name: str):
     gen = codegen.generate(model, name, [{"name": "layer", "class": "Layer"}])
     (tmp_path / "model.py").write_text(gen.source)
-    save_file({k: np.ascontiguousarray(v) for k, v in gen.state.items()}, str(tmp_path / "model.safetensors"))
+    save_file({k: np.ascontiguousarray(v).reshape(v.shape) for k, v in gen.state.items()}, str(tmp_path / "model.safetensors"))
     return gen, codegen.load_generated(tmp_path / "model.py")
 
 

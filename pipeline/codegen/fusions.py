@@ -53,3 +53,68 @@ MatMul result the graph returns is not fused away)."""
         else:
             out.append(n)
     return out
+
+
+def fuse_bincount(nodes: list, gen, outputs=()) -> list:
+    """``nodes`` with tf2onnx's DenseBincount (Keras' CategoryEncoding ``multi_hot``/``count``
+    on a ``(batch, n)`` int input) as one node ``ai.keras2torch::Bincount(values)``
+    (attributes ``depth``, ``binary``), and the nodes only it used dropped. tf2onnx builds it
+    from ``Unique`` of (row, value) pairs, a ``Compress`` to the values in ``[0, depth)``
+    and a ``ScatterND`` into zeros of ``(batch, depth)``, whose sizes depend on the data
+    (torch.export refuses them); the count of each value per row is the same numbers."""
+    from onnx import helper
+
+    prod = {o: n for n in nodes for o in n.output}
+
+    def src(name, op):
+        n = prod.get(name)
+        return n if n is not None and n.op_type == op and n.domain in ("", "ai.onnx") else None
+
+    fused = {}
+    for n in nodes:
+        if n.op_type != "ScatterND" or len(n.input) != 3:
+            continue
+        zeros, comp = src(n.input[0], "ConstantOfShape"), src(n.input[1], "Compress")
+        uniq = src(comp.input[0], "Unique") if comp is not None else None
+        reshape = src(uniq.input[0], "Reshape") if uniq is not None else None
+        pairs = src(reshape.input[0], "Concat") if reshape is not None else None
+        shape_cat = src(zeros.input[0], "Concat") if zeros is not None else None
+        if pairs is None or shape_cat is None or len(pairs.input) != 2:
+            continue
+        unsq = src(pairs.input[1], "Unsqueeze")
+        depth = _bound(shape_cat.input[-1], src, gen)
+        upd_comp = src(n.input[2], "Compress")
+        binary = upd_comp is None
+        if unsq is None or depth is None or (not binary and upd_comp.input[0] != uniq.output[3]):
+            continue
+        if len(gen.shapes.get(unsq.input[0]) or []) != 2:
+            continue
+        fused[id(n)] = helper.make_node("Bincount", [unsq.input[0]], [n.output[0]], name=n.name, domain=DOMAIN,
+                                        depth=int(depth), binary=int(binary))
+    if not fused:
+        return nodes
+    out = [fused.get(id(n), n) for n in nodes]
+    return _live(out, outputs)
+
+
+def _bound(name, src, gen):
+    """The constant ``maxlength`` of ``Min(maxlength, ...)`` behind ``Unsqueeze(Cast(...))``."""
+    for op in ("Unsqueeze", "Cast"):
+        n = src(name, op)
+        if n is None:
+            return None
+        name = n.input[0]
+    m = src(name, "Min")
+    consts = [gen.const(i) for i in m.input] if m is not None else []
+    c = next((c for c in consts if c is not None and c.size == 1), None)
+    return None if c is None else int(c.reshape(-1)[0])
+
+
+def _live(nodes: list, outputs) -> list:
+    """``nodes`` without those whose outputs nothing reads (the graph's outputs are read)."""
+    while True:
+        used = set(outputs) | {i for n in nodes for i in n.input}
+        keep = [n for n in nodes if any(o in used for o in n.output if o)]
+        if len(keep) == len(nodes):
+            return nodes
+        nodes = keep

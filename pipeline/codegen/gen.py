@@ -159,7 +159,7 @@ class Gen:
         key = id(arr)
         if key in self.const_names:
             return self.const_names[key]
-        arr = np.ascontiguousarray(arr)
+        arr = np.ascontiguousarray(arr).reshape(arr.shape)   # ascontiguousarray makes a 0-d array 1-d
         name = self.unique(hint)
         self.state[name] = arr
         self.init_lines.append(f"self.register_buffer({name!r}, torch.empty({shape_list(arr.shape)}, "
@@ -218,9 +218,15 @@ class Gen:
     def set_tensor(self, name: str, expr: str) -> None:
         self.values[name] = Tensor(expr, self.dtypes.get(name))
 
-    def set_shape(self, node, items: list, scalar: bool = False) -> None:
-        """Output 0 of ``node`` is a shape value (no code)."""
-        self.values[node.output[0]] = Shape(items, scalar)
+    def set_shape(self, node, items: list, scalar: bool = False, out: int = 0) -> None:
+        """Output ``out`` of ``node`` is a shape value (no code); a constant when every entry
+        is a static int, so that the nodes it feeds fold (``fold``)."""
+        name = node.output[out]
+        if all(isinstance(i, (int, np.integer)) for i in items):
+            arr = np.array([int(i) for i in items], dtype=self.dtypes.get(name) or "int64")
+            self.values[name] = Const(arr.reshape(()) if scalar else arr)
+            return
+        self.values[name] = Shape(items, scalar)
 
     def helper(self, name: str, source: str) -> None:
         """Put ``source`` (a class or table named ``name``) at module level in ``model.py``, once."""
@@ -231,6 +237,6 @@ class Gen:
         name = self.unique(name) if name else self.module_name(node)
         self.init_lines.append(f"self.{name} = {ctor}")
         for k, arr in params.items():
-            self.state[f"{name}.{k}"] = np.ascontiguousarray(arr)
+            self.state[f"{name}.{k}"] = np.ascontiguousarray(arr).reshape(np.shape(arr))
         self.modules[name] = node.name
         return f"self.{name}"

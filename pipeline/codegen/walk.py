@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from pipeline.codegen.fold import fold
-from pipeline.codegen.fusions import DOMAIN, fuse_dense_bias
+from pipeline.codegen.fusions import DOMAIN, fuse_bincount, fuse_dense_bias
 from pipeline.codegen.gen import Gen, Unsupported
 from pipeline.codegen.ops import CONVERTERS
 from pipeline.codegen.render import render
@@ -63,7 +63,9 @@ def generate(proto, model_name: str, keras_layers: list[dict] | None = None, cla
         arg_names.append(arg)
         gen.values[name] = Tensor(arg, gen.dtypes.get(name))
     origins: dict[int, LineOrigin] = {}   # index in gen.lines -> the node whose converter wrote it
-    for node in fuse_dense_bias(list(proto.graph.node), gen, {o.name for o in proto.graph.output}):
+    graph_outputs = {o.name for o in proto.graph.output}
+    nodes = fuse_bincount(fuse_dense_bias(list(proto.graph.node), gen, graph_outputs), gen, graph_outputs)
+    for node in nodes:
         if not fold(gen, node):
             start = len(gen.lines)
             entry = _convert(gen, converters, node)

@@ -29,6 +29,9 @@ class Settings:
     # sizes at which free (None) dims are checked first (reference inputs), same form as
     # input_shapes; unset dims get a default (export.reference.default_size); they stay free
     reference_shapes: dict = field(default_factory=dict)
+    # integer inputs drawn in [lo, hi): {input name: [lo, hi]} ("*": every integer input);
+    # unset: the range of the Embedding/CategoryEncoding/IntegerLookup the input feeds
+    input_ranges: dict = field(default_factory=dict)
     channels_last_inputs: bool = False   # keep Keras' NHWC layout at the model inputs
     channels_last_outputs: bool = False  # ... and at its outputs
     fold_flatten_transpose: bool = True  # permute Dense rows instead of a runtime Transpose (torch)
@@ -58,6 +61,22 @@ def parse_shape(text: str) -> dict:
         except ValueError as e:
             raise PipelineError("config", f"cannot parse input shape {text!r}: {e}",
                                 hint='use e.g. --input-shape 128,1 or --input-shape "a=128,1;b=10"') from e
+    return out
+
+
+def parse_ranges(text: str) -> dict:
+    """``"ids=0:100;seg=0:2"`` -> {"ids": [0, 100], "seg": [0, 2]} (hi exclusive; no name: every input)."""
+    out: dict = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, _, rng = part.rpartition("=")
+        try:
+            lo, hi = (int(v) for v in rng.split(":"))
+        except ValueError as e:
+            raise PipelineError("config", f"cannot parse input range {part!r}: {e}",
+                                hint='use e.g. --input-range ids=0:100 or --input-range "ids=0:100;seg=0:2"') from e
+        if hi <= lo:
+            raise PipelineError("config", f"input range {part!r} is empty (hi is exclusive)")
+        out[name.strip() or "*"] = [lo, hi]
     return out
 
 
@@ -93,6 +112,8 @@ def load_settings(config: str | Path | None = None, **overrides) -> Settings:
             values[key] = parse_shape(values[key])
         if isinstance(values.get(key), list):
             values[key] = {"*": values[key]}
+    if isinstance(values.get("input_ranges"), str):
+        values["input_ranges"] = parse_ranges(values["input_ranges"])
     if "custom_objects" in values:
         values["custom_objects"] = tuple(values["custom_objects"])
     return Settings(**values)

@@ -58,15 +58,19 @@ def output_names(model, n: int) -> list[str]:
     return out
 
 
-def draw_inputs(specs, vocab: int, seed: int, batch: int) -> dict:
+def draw_inputs(specs, vocab, seed: int, batch: int) -> dict:
     """Seeded inputs for [(name, shape, dtype)] with static non-batch dims (the export stage's
-    reference inputs; compare draws its inputs at other shapes the same way)."""
+    reference inputs; compare draws its inputs at other shapes the same way). ``vocab``:
+    integers are drawn in ``[0, vocab)``, or, a dict ``{name: [lo, hi]}`` (``"*"``: the
+    others), in ``[lo, hi)`` per input."""
     rng = np.random.default_rng(seed)
+    ranges = vocab if isinstance(vocab, dict) else {"*": [0, vocab]}
     feeds = {}
     for tname, shape, dtype in specs:
         full = (batch, *shape[1:])
         if np.issubdtype(dtype, np.integer):
-            feeds[tname] = rng.integers(0, vocab, size=full).astype(dtype)
+            lo, hi = ranges.get(tname, ranges.get("*", [0, 10]))
+            feeds[tname] = rng.integers(lo, hi, size=full).astype(dtype)
         elif dtype == np.bool_:
             feeds[tname] = rng.integers(0, 2, size=full).astype(bool)
         else:

@@ -60,9 +60,16 @@ def _target_shape(gen: Gen, node, items: list) -> list:
 
 
 def _shape_input(gen: Gen, node, i: int, what: str) -> list:
+    """The entries of a shape input: ints, ``x.shape`` expressions, or, where it is computed
+    from tensor values (a bincount's ``max(minlength, ...)``), ``int(v[k])`` of that tensor
+    (eager only: torch.export cannot trace a size read from data)."""
     items = gen.shape_items(node.input[i])
     if items is None:
-        raise Unsupported(f"{what} computed from tensor values")
+        dims = gen.shapes.get(node.input[i])
+        if dims is None or len(dims) > 1 or (dims and dims[0] is None):
+            raise Unsupported(f"{what} computed from tensor values of unknown length")
+        v = gen.t(node.input[i])
+        items = [f"int({v})"] if not dims else [f"int({v}[{k}])" for k in range(dims[0])]
     return items
 
 
@@ -174,7 +181,16 @@ def concat(gen: Gen, node):
 
 
 def _split(gen: Gen, node, sizes) -> None:
+    """A split of a shape value gives shape values (``Shape -> Split -> ConstantOfShape``)."""
     axis = attrs(node).get("axis", 0)
+    if isinstance(gen.values.get(node.input[0]), Shape):
+        items = as_shape(gen.values, node.input[0]).items
+        sizes = sizes or [len(items) // len(node.output)] * len(node.output)
+        start = 0
+        for k, n in enumerate(sizes):
+            gen.set_shape(node, items[start:start + n], out=k)
+            start += n
+        return
     x = gen.t(node.input[0])
     if sizes is None:
         dim = gen.dims(node.input[0])[axis]
@@ -277,9 +293,44 @@ def _pad(gen: Gen, node, pads: list[int], value: float, axes: list[int] | None) 
     x = gen.t(node.input[0])
     if mode == "constant":
         gen.emit(node, f"F.pad({x}, {tp}, value={value!r})")
-    else:
-        tmode = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
-        gen.emit(node, f"F.pad({x}, {tp}, mode={tmode!r})")
+        return
+    if mode not in _MODES:
+        raise Unsupported(f"Pad mode {mode!r}")
+    if any(not isinstance(p, int) or p < 0 for p in pads):
+        raise Unsupported(f"{mode} padding by negative or computed amounts")
+    k = len(tp) // 2   # F.pad's own modes: the last k dims of a rank k+1 or k+2 tensor, k <= 3
+    if r - 2 >= k and r - 2 <= 3:
+        tp = tp + [0, 0] * (r - 2 - k)
+        k = r - 2
+    if k <= 3 and r in (k + 1, k + 2):
+        gen.emit(node, f"F.pad({x}, {tp}, mode={_MODES[mode]!r})")
+        return
+    gen.helper("pad_mode", _PAD_MODE)   # any rank, any axes: one slice-and-cat per padded axis
+    per_axis = [(pads[ax], pads[ax + r]) for ax in range(r)]
+    while per_axis and per_axis[-1] == (0, 0):
+        per_axis.pop()
+    gen.emit(node, f"pad_mode({x}, {per_axis}, {mode!r})")
+
+
+_MODES = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}
+_PAD_MODE = '''
+def pad_mode(x, pads, mode):
+    """ONNX Pad's reflect/edge/wrap on any rank: ``pads[axis] = (before, after)``, each axis
+    padded by slices of ``x`` joined on it (F.pad's modes take only certain ranks)."""
+    for ax, (lo, hi) in enumerate(pads):
+        if not (lo or hi):
+            continue
+        n = x.shape[ax]
+        if mode == "reflect":
+            parts = [x.narrow(ax, 1, lo).flip(ax), x, x.narrow(ax, n - 1 - hi, hi).flip(ax)]
+        elif mode == "wrap":
+            parts = [x.narrow(ax, n - lo, lo), x, x.narrow(ax, 0, hi)]
+        else:   # edge
+            parts = [x.narrow(ax, 0, 1).expand(*x.shape[:ax], lo, *x.shape[ax + 1:]), x,
+                     x.narrow(ax, n - 1, 1).expand(*x.shape[:ax], hi, *x.shape[ax + 1:])]
+        x = torch.cat(parts, ax)
+    return x
+'''
 
 
 @handles("Pad", opsets=(11, None))

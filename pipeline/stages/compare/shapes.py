@@ -78,7 +78,7 @@ def prepare(mdir, meta: dict, settings, imp: dict) -> list[dict]:
     with KerasRunner(mdir, "pipeline.stages.compare:keras_model", name="keras") as keras:
         for c in todo:
             c["label"] = label(c["inputs"])
-            c["feeds"] = draw_inputs([(n, c["inputs"][n], d) for n, _, d in specs], meta.get("input_vocab", 10),
+            c["feeds"] = draw_inputs([(n, c["inputs"][n], d) for n, _, d in specs], meta.get("input_ranges") or meta.get("input_vocab", 10),
                                      settings.seed, settings.batch)
             try:
                 c["keras"] = keras.infer(c["feeds"])

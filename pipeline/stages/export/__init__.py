@@ -32,11 +32,11 @@ from pipeline.stages.export.keras_model import calibrate_batchnorm, layer_list, 
 from pipeline.stages.export.recurrent import STUB_OP, may_unroll, stubbed, unroll_if_loop
 from pipeline.stages.export.recurrent_onnx import replace_stubs
 from pipeline.core.reference import flatten_outputs
-from pipeline.stages.export.reference import (TF_NAME, vocab_size, fixed_dims, free_dims, input_specs,
+from pipeline.stages.export.reference import (TF_NAME, vocab_size, fixed_dims, free_dims, input_ranges, input_specs,
                                               output_names, reference_inputs, reference_shapes)
 from pipeline.stages.export.savedmodel import SavedModelSignature
 from pipeline.stages.export.tf2onnx_path import (HOLD_OUT_BYTES, TF2ONNX_PASSES, check_converted, convert_frozen,
-                                                 freeze, save_onnx, tf2onnx_convert)
+                                                 failure_layer, freeze, save_onnx, tf2onnx_convert)
 from pipeline.stages.export.tfenv import import_tf, prepare
 
 record_layers = keras_layers.record
@@ -83,6 +83,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
             return dict(zip(out_names, res))
 
     feeds = reference_inputs(specs, model, settings, shapes)
+    ranges = input_ranges(specs, model, settings)   # before tracing (which adds nodes to the layers)
     try:
         try:
             ref = tf.function(call, input_signature=signature, autograph=False)(*[tf.constant(feeds[n]) for n, _, _ in specs])
@@ -126,7 +127,8 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
                 proto, external = convert_frozen(frozen, settings.opset)
             del frozen
         except Exception as e:
-            raise PipelineError("export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name) from e
+            raise PipelineError("export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name,
+                                **failure_layer(e, layers)) from e
     check_converted(proto, spec.name, layers)
     if model is not None and not per_layer and not may_unroll(model):
         model = None   # kept for a fixed retry only
@@ -158,6 +160,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
                     "free_dims": [i for i in free_dims(s) if n not in fixed], "fixed_dims": fixed.get(n, [])}
                    for n, s, d in specs],
         "input_vocab": vocab,
+        "input_ranges": ranges,
         "outputs": [{"name": k, "shape": [None, *ref[k].shape[1:]], "dtype": str(ref[k].dtype)} for k in onnx_outputs],
         "keras_layers": layers,
         "params": params,

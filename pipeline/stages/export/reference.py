@@ -94,12 +94,59 @@ def vocab_size(model) -> int:
     return min(sizes) if sizes else 10
 
 
+def layer_range(layer) -> tuple[int, int] | None:
+    """``[lo, hi)``: the integers ``layer`` can take as input (an Embedding's ``input_dim``,
+    a CategoryEncoding's ``num_tokens``, the span of an IntegerLookup's vocabulary), else None."""
+    kind = type(layer).__name__
+    if kind == "Embedding" and getattr(layer, "input_dim", None):
+        return 0, int(layer.input_dim)
+    if kind == "CategoryEncoding" and getattr(layer, "num_tokens", None):
+        return 0, int(layer.num_tokens)
+    if kind == "IntegerLookup" and not getattr(layer, "invert", False):
+        try:
+            vocab = [int(v) for v in np.asarray(layer.get_vocabulary(include_special_tokens=False)).reshape(-1)]
+        except Exception:   # noqa: BLE001  (a lookup without a vocabulary yet)
+            vocab = []
+        return (min(vocab), max(vocab) + 1) if vocab else None
+    return None
+
+
+def input_ranges(specs, model, settings: Settings) -> dict:
+    """{integer input: [lo, hi)}: ``--input-range``/``input_ranges`` where given, else the
+    range of the layers the input feeds directly (the narrowest), else ``[0, vocab_size)``."""
+    given = {k: [int(v) for v in r] for k, r in settings.input_ranges.items()}
+    default = given.get("*", [0, vocab_size(model)])
+    feeds: dict[int, list] = {}
+    inputs = list(getattr(model, "inputs", None) or []) if not isinstance(model, SavedModelSignature) else []
+    for layer in getattr(model, "layers", []) if inputs else []:
+        r = layer_range(layer)
+        for node in getattr(layer, "_inbound_nodes", []) if r else []:
+            for t in getattr(node, "input_tensors", []):
+                k = next((k for k, i in enumerate(inputs) if i is t), None)
+                if k is not None:
+                    feeds.setdefault(k, []).append(r)
+    out = {}
+    for k, (tname, _, dtype) in enumerate(specs):
+        if not np.issubdtype(dtype, np.integer):
+            continue
+        if tname in given:
+            out[tname] = given[tname]
+        elif k in feeds:
+            out[tname] = [max(r[0] for r in feeds[k]), min(r[1] for r in feeds[k])]
+        else:
+            out[tname] = default
+        if out[tname][1] <= out[tname][0]:
+            raise PipelineError("export", f"integer input {tname!r}: empty range {out[tname]} to draw from",
+                                hint="give one with --input-range name=lo:hi (hi exclusive)")
+    return out
+
+
 def reference_inputs(specs, model, settings: Settings, shapes: dict | None = None) -> dict:
-    """{input name: seeded batch}: integers below the smallest Embedding's vocabulary, booleans,
-    else standard normal floats; at ``shapes`` ({name: shape}, default: ``reference_shapes``)."""
-    vocab = vocab_size(model)
+    """{input name: seeded batch}: integers in the range the model can index (``input_ranges``),
+    booleans, else standard normal floats; at ``shapes`` ({name: shape}, default: ``reference_shapes``)."""
+    ranges = input_ranges(specs, model, settings)
     shapes = shapes or reference_shapes(specs, settings, "")
-    return draw_inputs([(n, shapes[n], d) for n, _, d in specs], vocab, settings.seed, settings.batch)
+    return draw_inputs([(n, shapes[n], d) for n, _, d in specs], ranges, settings.seed, settings.batch)
 
 
 def fixed_dims(specs, shapes: dict, by: str, exc: BaseException, layers: list[dict]) -> dict:

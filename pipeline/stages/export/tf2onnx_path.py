@@ -289,3 +289,25 @@ def save_onnx(proto, external: dict, path: Path) -> None:
             del blob
     onnx.save(proto, path)
 
+
+
+_TABLE_OPS = ("LookupTableFind", "HashTable", "LookupTableImport", "StringToHashBucket", "MutableHashTable")
+
+
+def failure_layer(exc: BaseException, layers: list[dict]) -> dict:
+    """``layer``/``op_type`` (and a hint) for a tf2onnx failure whose message names a TF node
+    (``model_1/lookup_1/None_Lookup/LookupTableFindV2``): the Keras layer of that node; a
+    lookup or hash table op (StringLookup, IntegerLookup, Hashing) gets a hint of its own."""
+    import re
+
+    names = {l["name"] for l in layers}
+    for token in re.findall(r"[\w.\-]+(?:/[\w.\-]+)+", str(exc)):
+        layer = layer_in_scope(token, names)
+        if layer:
+            op = token.rsplit("/", 1)[-1]
+            out = {"layer": layer, "op_type": op}
+            if any(t in token for t in _TABLE_OPS):
+                out["hint"] = ("tf2onnx cannot export TensorFlow's lookup tables: apply the lookup to the data "
+                               "before the model (e.g. in a tf.data pipeline) and feed its integer output")
+            return out
+    return {}

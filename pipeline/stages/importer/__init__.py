@@ -98,7 +98,7 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         o2t = None
     with atomic_dir(mdir.stage("import")) as d:
         (d / "model.py").write_text(gen.source)
-        save_file({k: np.ascontiguousarray(v) for k, v in gen.state.items()}, str(d / "model.safetensors"))
+        save_file({k: np.ascontiguousarray(v).reshape(v.shape) for k, v in gen.state.items()}, str(d / "model.safetensors"))
         module = codegen.load_generated(d / "model.py")
         run_once(module, args, gen, d / "model.py", meta["model"],
                  {entry["name"]: entry["class"] for entry in meta.get("keras_layers", [])})

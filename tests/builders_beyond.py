@@ -1,0 +1,144 @@
+"""Keras 3 models beyond keras.applications for ``test_beyond.py``
+(``MODEL=tests/builders_beyond.py:NAME``): padding modes on any rank in custom layers built on
+``keras.ops.pad``, preprocessing layers inside a model, structured data on int inputs.
+Weights are perturbed (``models.perturb``) so that a wrong branch cannot hide behind an
+identity."""
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # loaded by file path from the export stage
+from models import perturb  # noqa: E402
+
+L = keras.layers
+
+
+def _seed():
+    keras.utils.set_random_seed(3)
+
+
+@keras.saving.register_keras_serializable(package="beyond")
+class OpsPad(L.Layer):
+    """``keras.ops.pad`` with a mode, the way custom front-ends (a CQT's reflect padding) use it."""
+
+    def __init__(self, pads, mode="reflect", **kw):
+        super().__init__(**kw)
+        self.pads, self.mode = [tuple(p) for p in pads], mode
+
+    def call(self, x):
+        return keras.ops.pad(x, self.pads, mode=self.mode)
+
+    def get_config(self):
+        return {**super().get_config(), "pads": self.pads, "mode": self.mode}
+
+
+def _named(inputs, outs: dict, name: str):
+    return perturb(keras.Model(inputs, [L.Identity(name=f"out_{k}")(v) for k, v in outs.items()], name=name))
+
+
+def pad_modes():
+    """Reflect and symmetric padding on rank 3, 4 and 5 tensors, several axes (TensorFlow's
+    ``keras.ops.pad`` has no "edge" mode; edge is checked op by op in ``test_codegen_ops.py``)."""
+    _seed()
+    x3 = keras.Input((9, 4), name="x3")
+    x4 = keras.Input((8, 7, 3), name="x4")
+    x5 = keras.Input((6, 5, 7, 2), name="x5")
+    outs = {}
+    for mode in ("reflect", "symmetric"):
+        m = mode
+        outs[f"{mode}_r3"] = OpsPad([(0, 0), (2, 3), (0, 0)], m)(x3)
+        outs[f"{mode}_r4"] = OpsPad([(0, 0), (1, 2), (3, 1), (0, 0)], m)(L.Conv2D(4, 3, name=f"conv_{mode}")(x4))
+        outs[f"{mode}_r5"] = OpsPad([(0, 0), (2, 1), (0, 0), (3, 3), (0, 0)], m)(x5)
+        outs[f"{mode}_r5_all"] = OpsPad([(0, 0), (1, 1), (2, 1), (1, 2), (0, 0)], m)(x5)
+    return _named([x3, x4, x5], outs, "pad_modes")
+
+
+def _images(n=16, size=(20, 24, 3)):
+    return np.random.default_rng(0).uniform(0, 255, (n, *size)).astype("float32")
+
+
+def preprocessing(interpolation="bilinear", crop=False):
+    _seed()
+    x = keras.Input((20, 24, 3), name="image")
+    norm = L.Normalization(name="norm")
+    norm.adapt(_images() / 255.0)
+    y = L.Rescaling(1 / 255.0, name="rescale")(x)
+    y = norm(y)
+    y = L.Resizing(12, 10, interpolation=interpolation, crop_to_aspect_ratio=crop, name="resize")(y)
+    y = L.CenterCrop(8, 8, name="crop")(y)
+    y = L.Conv2D(4, 3, name="conv")(y)
+    y = L.Normalization(mean=[0.1, -0.2, 0.3, 0.0], variance=[1.5, 0.5, 2.0, 1.0], name="norm_given")(y)
+    y = L.Flatten(name="flat")(y)
+    return perturb(keras.Model(x, L.Dense(3, name="dense")(y), name="preprocessing"))
+
+
+def preprocessing_bilinear():
+    return preprocessing("bilinear", False)
+
+
+def preprocessing_bilinear_crop():
+    return preprocessing("bilinear", True)
+
+
+def preprocessing_nearest():
+    return preprocessing("nearest", False)
+
+
+def preprocessing_nearest_crop():
+    return preprocessing("nearest", True)
+
+
+def category_encoding():
+    """CategoryEncoding one_hot / multi_hot / count on int inputs, beside a float input."""
+    _seed()
+    cat = keras.Input((1,), dtype="int32", name="cat")
+    tags = keras.Input((4,), dtype="int32", name="tags")
+    num = keras.Input((3,), name="num")
+    one = L.CategoryEncoding(7, output_mode="one_hot", name="one_hot")(cat)
+    multi = L.CategoryEncoding(9, output_mode="multi_hot", name="multi_hot")(tags)
+    count = L.CategoryEncoding(9, output_mode="count", name="count")(tags)
+    y = L.Concatenate(name="concat")([one, multi, count, num])
+    y = L.Dense(8, activation="relu", name="hidden")(y)
+    return perturb(keras.Model([cat, tags, num], L.Dense(2, name="out")(y), name="category_encoding"))
+
+
+def embedding_ranges():
+    """Int inputs feeding an Embedding (input_dim 50), a CategoryEncoding (num_tokens 5) and
+    both (the narrower range wins): reference inputs drawn where the model can index."""
+    _seed()
+    ids = keras.Input((6,), dtype="int32", name="ids")
+    seg = keras.Input((6,), dtype="int32", name="seg")
+    e = L.Embedding(50, 4, name="tokens")(ids)
+    s = L.Embedding(3, 4, name="segments")(seg)
+    y = L.GlobalAveragePooling1D(name="pool")(L.Add(name="sum")([e, s]))
+    cat = L.CategoryEncoding(3, output_mode="count", name="seg_count")(seg)
+    y = L.Concatenate(name="concat")([y, cat])
+    return perturb(keras.Model([ids, seg], L.Dense(2, name="out")(y), name="embedding_ranges"))
+
+
+def integer_lookup():
+    """IntegerLookup on an int input: tf2onnx cannot export its hash table; the error names it."""
+    _seed()
+    code = keras.Input((1,), dtype="int64", name="code")
+    y = L.IntegerLookup(vocabulary=[3, 7, 11, 20, 42], output_mode="one_hot", name="lookup")(code)
+    return keras.Model(code, L.Dense(2, name="out")(y), name="integer_lookup")
+
+
+def hashing():
+    """Hashing on an int input: TensorFlow hashes its string form (StringToHashBucketFast),
+    which tf2onnx has no converter for; the error names the layer."""
+    _seed()
+    ids = keras.Input((3,), dtype="int64", name="ids")
+    y = L.Hashing(num_bins=6, output_mode="multi_hot", name="hashing")(ids)
+    return keras.Model(ids, L.Dense(2, name="out")(y), name="hashing")
+
+
+def string_lookup():
+    """StringLookup on a string input: tf2onnx cannot export its hash table; the error names it."""
+    _seed()
+    s = keras.Input((1,), dtype="string", name="word")
+    y = L.StringLookup(vocabulary=["a", "b", "c"], output_mode="one_hot", name="string_lookup")(s)
+    return keras.Model(s, L.Dense(2, name="out")(y), name="string_lookup")
