@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import ENV, REPO, assert_ok, cli, report
+from pipeline.core.trainable import DOMAIN, KINDS, BatchNormSpec, DropoutSpec, function
 
 RTOL, ATOL = 1e-5, 1e-7           # parity: max|d| <= RTOL * max|keras| + ATOL (the pipeline's defaults)
 TRAIN_RTOL = 1e-5                 # train-mode output, of the output's scale
@@ -133,6 +134,71 @@ def test_frozen_batchnorm_stays_in_inference(converted, tmp_path):
     assert torch.equal(model.bn.running_mean, mean0) and torch.equal(model.bn.running_var, var0)
     assert not model.bn.weight.requires_grad and not model.bn.bias.requires_grad
     assert model.conv1.weight.requires_grad
+
+
+def _bn(axis, rank, center=True, scale=True):
+    roles = [r for r, on in (("gamma", scale), ("beta", center), ("moving_mean", True), ("moving_variance", True))
+             if on]
+    return BatchNormSpec(kind="BatchNormalization", layer="bn", axis=axis, rank=rank, epsilon=1e-3, momentum=0.9,
+                         center=center, scale=scale, weights=roles, variables=[f"bn/{r}" for r in roles])
+
+
+# each node alone: (spec, input shape); the batch norm on every axis the rewrite can give it
+NODE_CASES = {
+    "bn-2d-axis1": (_bn(1, 4), (2, 5, 4, 3)),
+    "bn-2d-axis3": (_bn(3, 4), (2, 4, 3, 5)),
+    "bn-1d-axis2-no-center": (_bn(2, 3, center=False), (2, 4, 5)),
+    "bn-dense-no-scale": (_bn(1, 2, scale=False), (3, 5)),
+    "bn-3d-axis1-plain": (_bn(1, 5, center=False, scale=False), (2, 5, 2, 3, 2)),
+    **{f"{k.lower()}": (DropoutSpec(kind=k, layer="d", rate=0.25, stddev=0.1, axis=1, rank=r), s)
+       for k, r, s in (("Dropout", 2, (3, 5)), ("SpatialDropout1D", 3, (2, 5, 4)), ("SpatialDropout2D", 4, (2, 5, 3, 3)),
+                       ("SpatialDropout3D", 5, (2, 5, 2, 2, 2)), ("GaussianNoise", 3, (2, 5, 4)),
+                       ("GaussianDropout", 3, (2, 5, 4)), ("AlphaDropout", 3, (2, 5, 4)))},
+    "spatialdropout2d-axis3": (DropoutSpec(kind="SpatialDropout2D", layer="d", rate=0.25, axis=3, rank=4),
+                               (2, 3, 3, 5)),
+}
+
+
+def test_every_trainable_op_has_a_case():
+    assert {spec.kind for spec, _ in NODE_CASES.values()} == set(KINDS)
+
+
+@pytest.mark.parametrize("case_id", list(NODE_CASES))
+def test_node_matches_onnxruntime(tmp_path, case_id):
+    """The node's ONNX body (onnxruntime) and its generated module in eval() agree; in
+    train() the module keeps the shape (and, at rate 0.25, changes the values)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import helper, numpy_helper
+    from safetensors.numpy import save_file
+
+    from pipeline import codegen
+
+    spec, shape = NODE_CASES[case_id]
+    rng = np.random.default_rng(4)
+    c = shape[spec.axis]
+    inits = [numpy_helper.from_array((rng.uniform(0.5, 1.5, c) if r in ("gamma", "moving_variance")
+                                      else rng.normal(0, 0.3, c)).astype(np.float32), f"w_{r}") for r in spec.weights]
+    node = helper.make_node(spec.op_type, ["x", *[t.name for t in inits]], ["y"], domain=DOMAIN, overload=spec.layer,
+                            keras=spec.to_json(), name=spec.op_type)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, ["N", *shape[1:]])],
+                              [helper.make_tensor_value_info("y", 1, ["N", *shape[1:]])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)],
+                              functions=[function(spec, 17)], ir_version=10)
+    model = onnx.shape_inference.infer_shapes(model)
+    gen = codegen.generate(model, case_id.replace("-", "_"), [{"name": spec.layer, "class": spec.kind}])
+    (tmp_path / "model.py").write_text(gen.source)
+    save_file({k: np.ascontiguousarray(v) for k, v in gen.state.items()}, str(tmp_path / "model.safetensors"))
+    module = codegen.load_generated(tmp_path / "model.py")
+    x = rng.standard_normal(shape).astype(np.float32)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        got = module(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+        module.train()
+        trained = module(torch.from_numpy(x)).numpy()
+    assert trained.shape == ref.shape and not np.allclose(trained, ref, rtol=0, atol=1e-6)
 
 
 def _zero_fraction_ok(zeros: int, n: int, p: float):
