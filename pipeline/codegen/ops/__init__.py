@@ -12,9 +12,10 @@ second registration with its own range, not a branch on the opset. It raises
 import.
 """
 
-from pipeline.codegen.ops import (conv, elementwise, indexing, keras_conv_lstm, keras_recurrent, linear, norm, pool, recurrent, reduce, resize,
-                                  shape)
+from pipeline.codegen.ops import (conv, elementwise, indexing, keras_conv_lstm, keras_recurrent, keras_trainable, linear,
+                                  norm, pool, recurrent, reduce, resize, shape)
 from pipeline.core.registry import Registry
 
-FAMILIES = [elementwise, shape, indexing, reduce, conv, linear, pool, resize, recurrent, keras_recurrent, keras_conv_lstm, norm]
+FAMILIES = [elementwise, shape, indexing, reduce, conv, linear, pool, resize, recurrent, keras_recurrent, keras_conv_lstm,
+            keras_trainable, norm]
 CONVERTERS = Registry.collect("converter", FAMILIES)

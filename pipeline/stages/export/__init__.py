@@ -8,7 +8,9 @@ and ``export/meta.json`` (input/output names, shapes and dtypes in Keras' layout
 - ``modelfile.py``     checks of a model file before a loader sees it
 - ``keras_model.py``   loading the model and its custom objects, batch norm calibration
 - ``savedmodel.py``    a SavedModel, exported through one of its signatures
-- ``recurrent.py``     recurrent layers that tf2onnx writes as a Loop, converted unrolled
+- ``stubs.py``         Keras layers as single ``ai.keras2torch`` nodes (recurrent, batch norm, dropout)
+- ``recurrent.py``     recurrent layers that tf2onnx writes as a Loop: stubs, else unrolled
+- ``trainable.py``     batch norms and the dropout family as stubs (grappler would fold or drop them)
 - ``reference.py``     input specs, seeded reference inputs, output names
 - ``tf2onnx_path.py``  freeze, hold-out of big Dense kernels, tf2onnx, checks, save
 - ``layers.py``        Keras' per-layer activations for ``debug``: ``<model>/layers/``,
@@ -29,8 +31,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.spec import ModelSpec
 from pipeline.stages.export import layers as keras_layers
 from pipeline.stages.export.keras_model import calibrate_batchnorm, layer_list, load_model
-from pipeline.stages.export.recurrent import STUB_OP, may_unroll, stubbed, unroll_if_loop
-from pipeline.stages.export.recurrent_onnx import replace_stubs
+from pipeline.stages.export.recurrent import may_unroll, unroll_if_loop
+from pipeline.stages.export.stubs import STUB_OP, replace_stubs, stubbed
 from pipeline.core.reference import flatten_outputs
 from pipeline.stages.export.reference import (TF_NAME, vocab_size, fixed_dims, free_dims, input_ranges, input_specs,
                                               output_names, reference_inputs, reference_shapes)
@@ -169,9 +171,11 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         "tf2onnx_passes": list(TF2ONNX_PASSES),
         "tf2onnx_large_model": True,
         "unrolled_recurrent": unrolled[1] if unrolled else sorted(stubs.unrolled) if stubs else [],
-        "recurrent": {"modules": list(stubs.done) if stubs else [],
+        "recurrent": {"modules": list(stubs.layers(True)) if stubs else [],
                       "unrolled": ({n: "tf2onnx wrote a Loop" for n in unrolled[1]} if unrolled else
                                    dict(stubs.unrolled) if stubs else {}),
+                      **({"fallback": fallback} if fallback else {})},
+        "trainable": {"nodes": stubs.layers(False) if stubs else {}, "plain": dict(stubs.plain) if stubs else {},
                       **({"fallback": fallback} if fallback else {})},
     }
     with atomic_dir(mdir.stage("export")) as d:
@@ -188,20 +192,20 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
 
 
 def _recurrent_stubbed(call, signature, model, settings: Settings, name: str):
-    """``((proto, external, stubs), None)`` for the model with its recurrent layers as single
-    nodes (``recurrent.py``); ``(None, None)`` when it has none; ``(None, why)`` when the
-    stubbed copy fails to convert (the plain path runs then, and meta.json says why under
-    ``recurrent.fallback``)."""
+    """``((proto, external, stubs), None)`` for the model with its recurrent layers, batch
+    norms and dropout layers as single nodes (``stubs.py``); ``(None, None)`` when it has
+    none; ``(None, why)`` when the stubbed copy fails to build or convert (the plain path
+    runs then, and meta.json says why under ``recurrent.fallback`` and ``trainable.fallback``)."""
     import tensorflow as tf
 
     if settings.opset < 13:   # the nodes' bodies use opset-13 Split/Unsqueeze
         return None, None
-    stubs = stubbed(model)
-    if stubs is None:
-        return None, None
     tf2onnx_log = logging.getLogger("tf2onnx")
     level = tf2onnx_log.level
     try:
+        stubs = stubbed(model)
+        if stubs is None:
+            return None, None
         fn = tf.function(lambda *xs: call(*xs, keras_model=stubs.model), input_signature=signature, autograph=False)
         tf2onnx_log.setLevel(logging.CRITICAL)   # it logs each stub as an op it does not support
         proto, external = convert_frozen(freeze(fn, signature), settings.opset)

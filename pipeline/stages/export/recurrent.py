@@ -4,11 +4,11 @@ tf2onnx writes Keras 3 ``GRU``, ``SimpleRNN`` and ``ConvLSTM*`` as an ONNX ``Loo
 neither onnx2torch nor ``torch.export`` can use, and an ``LSTM`` as an ONNX ``LSTM``
 without the Keras weights it folded (zero biases). So the model tf2onnx sees is a copy in
 which each ``GRU``/``LSTM``/``SimpleRNN`` (bare or in a ``Bidirectional``) and each
-``ConvLSTM1D/2D/3D`` is a stub: a
-``tf.numpy_function`` named ``k2t_recurrent_<i>`` with the layer's inputs and output
-shapes, which tf2onnx passes through as a ``PyFunc`` node. ``recurrent_onnx.replace_stubs``
+``ConvLSTM1D/2D/3D`` is a stub (``stubs.py``, which stubs every layer family): a
+``tf.numpy_function`` named ``k2t_stub_<i>`` with the layer's inputs and output
+shapes, which tf2onnx passes through as a ``PyFunc`` node. ``stubs.replace_stubs``
 then puts one ``ai.keras2torch::<kind>`` node per layer there, with the Keras weights once
-(``core.recurrent``). Nothing is unrolled, and any sequence length stays possible.
+(``core.recurrent``; its body from ``recurrent_onnx``). Nothing is unrolled, and any sequence length stays possible.
 
 What the stub cannot express falls back to the old way, a copy with ``unroll=True`` (one
 step per time step, same weights): a ConvLSTM in a Bidirectional or with a mask
@@ -27,7 +27,6 @@ RECURRENT = ("LSTM", "GRU", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D
 STUB_KINDS = ("GRU", "LSTM", "SimpleRNN")   # and ConvLSTM1D/2D/3D (``_conv_lstm_spec``)
 # activations the ONNX body (recurrent_onnx) and the generated module both express
 STUB_ACTIVATIONS = ("tanh", "sigmoid", "relu", "hard_sigmoid", "linear")
-STUB_OP = "k2t_recurrent"
 
 
 def recurrent_layers(model) -> list[str]:
@@ -51,7 +50,7 @@ def _unrolled_config(config: dict) -> dict:
     return config
 
 
-def _unrolled_layer(layer):
+def unrolled_layer(layer):
     return type(layer).from_config(_unrolled_config(layer.get_config()))
 
 
@@ -61,7 +60,7 @@ def unrolled(model):
 
     def clone(layer):
         if type(layer).__name__ in RECURRENT or type(layer).__name__ == "Bidirectional":
-            return _unrolled_layer(layer)
+            return unrolled_layer(layer)
         return layer.__class__.from_config(layer.get_config())
 
     copy = keras.models.clone_model(model, clone_function=clone)
@@ -82,12 +81,12 @@ def unroll_if_loop(proto, model):
     return (unrolled(model), names) if names else None
 
 
-# ---- stubs -------------------------------------------------------------------------------
+# ---- stubs (``stubs.stubbed`` calls ``spec_of`` and ``stub_class``) ---------------------------
 def _activation(fn) -> str:
     return getattr(fn, "__name__", str(fn))
 
 
-def _spec_of(layer) -> tuple[RecurrentSpec, list[np.ndarray]] | str:
+def spec_of(layer) -> tuple[RecurrentSpec, list[np.ndarray]] | str:
     """The spec and weights of a stub-able layer, or why it is not stub-able."""
     bidi = type(layer).__name__ == "Bidirectional"
     sides = [layer.forward_layer, layer.backward_layer] if bidi else [layer]
@@ -154,54 +153,14 @@ def _conv_lstm_spec(layer):
     return spec, weights
 
 
-class Stubs:
-    """The stubbed copy of a model and what each stub stands for.
-
-    ``specs``: stub index -> (spec, weights); ``unrolled``: layers kept as unrolled copies,
-    with the reason (a mask arrives at trace time, or ``_spec_of`` says why)."""
-
-    def __init__(self):
-        self.specs: dict[int, tuple[RecurrentSpec, list[np.ndarray]]] = {}
-        self.unrolled: dict[str, str] = {}
-        self.done: list[str] = []
-        self.model = None
-
-
-def stubbed(model) -> Stubs | None:
-    """A copy of ``model`` with stubs for its recurrent layers (None when it has none)."""
-    if isinstance(model, SavedModelSignature) or not recurrent_layers(model):
-        return None
-    import keras
-
-    stubs = Stubs()
-    stub_cls = _stub_class()
-
-    def clone(layer):
-        kind = type(layer).__name__
-        if kind not in RECURRENT and kind != "Bidirectional":
-            return layer.__class__.from_config(layer.get_config())
-        got = _spec_of(layer)
-        if isinstance(got, str):
-            stubs.unrolled[layer.name] = got
-            return _unrolled_layer(layer)
-        index = len(stubs.specs)
-        stubs.specs[index] = got
-        return stub_cls(layer, _unrolled_layer(layer), index, stubs)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    stubs.model = copy
-    return stubs
-
-
-def _stub_class():
+def stub_class():
     import keras
     import tensorflow as tf
 
     class RecurrentStub(keras.layers.Layer):
         """Stands for a recurrent layer in the graph tf2onnx sees (see the module docstring)."""
 
-        def __init__(self, original, unrolled_copy, index: int, stubs: Stubs):
+        def __init__(self, original, unrolled_copy, index: int, stubs):
             super().__init__(name=original.name, dtype=original.dtype_policy)
             self.unrolled_copy = unrolled_copy
             self.index = index
@@ -232,7 +191,7 @@ def _stub_class():
             many = isinstance(shapes, (list, tuple)) and len(shapes) and isinstance(shapes[0], (list, tuple))
             shapes = list(shapes) if many else [shapes]
             ys = tf.numpy_function(_never_run, [sequences, *states], [sequences.dtype] * len(shapes), stateful=True,
-                                   name=f"{STUB_OP}_{self.index}")
+                                   name=f"{self._stubs.op}_{self.index}")
             # EnsureShape: tf2onnx reads shapes from the graph, where a PyFunc's are unknown
             ys = [tf.ensure_shape(y, s) for y, s in zip(ys, shapes)]
             return list(ys) if many else ys[0]

@@ -1,14 +1,12 @@
-"""The ONNX side of the recurrent stubs (``recurrent.py``): each ``PyFunc`` stub node becomes
-one ``ai.keras2torch::<kind>`` node (``core.recurrent``), its weights initializers named
-after their Keras variables, its body a model-local function (overload: the layer) made of
+"""The ONNX side of the recurrent stubs (``recurrent.py``): the body of each recurrent
+``ai.keras2torch::<kind>`` node (``core.recurrent``) that ``stubs.replace_stubs`` puts
+where the stub's ``PyFunc`` was, a model-local function (overload: the layer) made of
 standard ONNX ops so that onnxruntime runs it: a ``Transpose`` to time-major, the ONNX
 ``GRU``/``LSTM``/``RNN`` (gate blocks reordered from Keras' order), and the output forms
 of Keras (sequences or last step, merge modes, states). No TensorFlow here.
 """
 
 from __future__ import annotations
-
-import re
 
 import numpy as np
 
@@ -22,82 +20,6 @@ _ACT = {"tanh": ("Tanh", None, None), "sigmoid": ("Sigmoid", None, None), "relu"
 # Keras LSTM gates i f c o -> ONNX i o f c
 _LSTM_ORDER = [0, 3, 1, 2]
 _INT64_MIN = -(2 ** 63)
-
-
-def replace_stubs(proto, specs: dict, op_prefix: str, model_name: str) -> list[str]:
-    """Replace each stub node of ``proto`` by its recurrent node; returns the layers done.
-
-    ``specs``: stub index -> (RecurrentSpec, weights). Raises when a stub is left over."""
-    from onnx import helper, numpy_helper
-
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
-    pattern = re.compile(rf"(?:^|/){re.escape(op_prefix)}_(\d+)(?:_\d+)?$")
-    taken = {t.name for t in proto.graph.initializer}
-    nodes, functions, done = [], [], []
-    for node in proto.graph.node:
-        m = pattern.search(node.name) if node.op_type == "PyFunc" else None
-        if m is None:
-            nodes.append(node)
-            continue
-        index = int(m.group(1))
-        if index not in specs:
-            raise PipelineError("export", f"recurrent stub {node.name!r} has no layer", model=model_name)
-        spec, weights = specs[index]
-        names = []
-        for path, w in zip(spec.variables, weights):
-            name = path
-            while name in taken:
-                name += "_"
-            taken.add(name)
-            names.append(name)
-            proto.graph.initializer.append(numpy_helper.from_array(w, name))
-        inputs = [node.input[0], *names, *node.input[1:]]
-        scope = node.name.rsplit("/", 1)[0] + "/" if "/" in node.name else ""
-        nodes.append(helper.make_node(spec.op_type, inputs, list(node.output), name=f"{scope}{spec.op_type}",
-                                      domain=DOMAIN, overload=spec.layer, keras=spec.to_json()))
-        functions.append(make_function(spec, opset))
-        done.append(spec.layer)
-    if not done:
-        return done
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    proto.functions.extend(functions)
-    if not any(o.domain == DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    proto.ir_version = max(proto.ir_version, 10)   # function overloads
-    _shapes(proto, {o for n in nodes if n.domain == DOMAIN for o in n.output})
-    return done
-
-
-def _shapes(proto, stub_outputs: set[str]) -> None:
-    """Types for what tf2onnx could not infer through a stub: the stubs' outputs and the
-    graph outputs after them (ONNX's inference reads the new nodes' function bodies)."""
-    import onnx
-
-    keep = [v for v in proto.graph.value_info if v.name not in stub_outputs and v.type.tensor_type.HasField("shape")]
-    del proto.graph.value_info[:]
-    proto.graph.value_info.extend(keep)
-    missing = [o for o in proto.graph.output if not o.type.tensor_type.HasField("shape")]
-    if not missing:
-        return
-    probe = onnx.ModelProto()
-    probe.CopyFrom(proto)
-    for g in (probe.graph,):
-        for o in g.output:
-            if not o.type.tensor_type.HasField("shape"):
-                o.type.tensor_type.ClearField("elem_type")
-    for t in probe.graph.initializer:   # shapes only: no tensor data needed
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
-    inferred = onnx.shape_inference.infer_shapes(probe)
-    found = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]
-             if v.type.tensor_type.HasField("shape")}
-    for o in missing:
-        if o.name in found:
-            o.type.CopyFrom(found[o.name].type)
-        else:   # rank unknown: a shape of unknown dims is still a valid type
-            o.type.tensor_type.shape.SetInParent()
 
 
 class _Body:

@@ -46,6 +46,7 @@ def to_channels_first(model: ir.Model, channels_first_inputs: list[str], setting
         sweeps += layout.push_transposes(ctx)        # merges and folds where they cancel
         unit += passes.unit_transposes_to_reshapes(ctx)
     passes.cleanup(model)
+    bodies = passes.keras_functions(model, ctx.opset)
     return {
         "inputs_channels_first": ins,
         "outputs_channels_first": outs,
@@ -55,6 +56,7 @@ def to_channels_first(model: ir.Model, channels_first_inputs: list[str], setting
         "conv1d": conv1d,
         "unit_transposes_as_reshapes": unit,
         "pulled_up": pulled,
+        "keras_bodies_rebuilt": bodies,
         "sweeps": sweeps,
         "remaining": layout.explain(ctx, outs, settings.channels_last_inputs, settings.channels_last_outputs),
         "barriers": {k: {"op_type": v[0], "reason": v[1]} for k, v in ctx.barriers.items()

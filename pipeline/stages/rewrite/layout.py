@@ -26,6 +26,11 @@ from pipeline.stages.rewrite.rules.shape import moves_only_unit_dims
 MAX_ROUNDS = 10_000
 
 
+def rule_key(node: ir.Node) -> str:
+    """The key of ``node``'s layout rule: its op type, ``"<domain>::<op type>"`` outside ONNX's."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
 def channel_candidates(graph: ir.Graph) -> list[str]:
     """Float inputs of rank 3, 4 or 5: the ones that may carry channels."""
     out = []
@@ -116,7 +121,7 @@ def _step(ctx: Ctx, t: ir.Node) -> bool:
         node = use.node
         if node.op_type == "Transpose" and node.domain == "":
             continue  # merged when that Transpose is visited
-        rule = RULES.lookup(node.op_type, ctx.opset) if node.domain in ("", "ai.onnx") else None
+        rule = RULES.lookup(rule_key(node), ctx.opset)
         if rule is None:
             ctx.fail(node, f"no layout rule for {node.op_type} (opset {ctx.opset})")
             continue

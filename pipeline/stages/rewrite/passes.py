@@ -25,6 +25,26 @@ def infer_shapes(model: ir.Model) -> None:
         log.setLevel(level)
 
 
+def keras_functions(model: ir.Model, opset: int) -> list[str]:
+    """The function body of each ``ai.keras2torch`` batch norm or dropout node built again
+    from its spec (``core.trainable.function``), so that a body follows an axis a layout
+    rule moved (``rules/keras_nodes.py``); returns the layers whose body changed."""
+    from pipeline.core.trainable import DOMAIN, KINDS, from_json, function
+
+    changed = []
+    for node in model.graph:
+        if node.domain != DOMAIN or node.op_type not in KINDS or "keras" not in node.attributes:
+            continue
+        spec = from_json(node.attributes["keras"].value)
+        key = (DOMAIN, node.op_type, spec.layer)
+        new = ir.serde.deserialize_function(function(spec, opset))
+        old = model.functions.get(key)
+        if old is None or ir.serde.serialize_function(old) != ir.serde.serialize_function(new):
+            model.functions[key] = new
+            changed.append(spec.layer)
+    return changed
+
+
 def cleanup(model: ir.Model) -> None:
     RemoveUnusedNodesPass()(model)
     TopologicalSortPass()(model)

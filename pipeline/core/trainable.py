@@ -1,0 +1,119 @@
+"""Keras layers that act differently in training as the export stage hands them on:
+``BatchNormSpec`` (``BatchNormalization``) and ``DropoutSpec`` (``Dropout``,
+``SpatialDropout1D/2D/3D``, ``GaussianNoise``, ``GaussianDropout``, ``AlphaDropout``).
+
+As the recurrent layers (``core.recurrent``), each is one ONNX node
+``ai.keras2torch::<kind>`` (overload: the layer) whose ``keras`` attribute is its spec as
+JSON, whose inputs are the data and the layer's weights (one initializer per Keras
+variable, named after it), and whose body is a model-local ONNX function of standard ops
+for onnxruntime, with Keras' inference semantics: a per-channel affine on the Keras axis
+for a batch norm, ``Identity`` for the dropout family. ``function`` builds that body from
+the spec; the export stage writes it, and the rewrite builds it again when it moves a
+node's axis (channels-first). The generator reads the spec and writes
+``nn.BatchNorm*d``/``nn.Dropout*`` or a small module that trains as Keras does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from pipeline.core.recurrent import DOMAIN
+
+NORM_KINDS = ("BatchNormalization",)
+DROPOUT_KINDS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
+                 "GaussianDropout", "AlphaDropout")
+KINDS = NORM_KINDS + DROPOUT_KINDS
+# kinds that act on whole channels (an axis the layout rewrite remaps); the others are element-wise
+PER_CHANNEL = ("BatchNormalization", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")
+
+
+class _Spec:
+    kind: str
+
+    @property
+    def op_type(self) -> str:
+        return self.kind
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass
+class BatchNormSpec(_Spec):
+    kind: str                       # BatchNormalization
+    layer: str
+    axis: int = -1                  # the channel axis, of ``rank`` dims (batch included); >= 0 once traced
+    rank: int = 0                   # the input's rank (set when the stub is traced)
+    epsilon: float = 1e-3
+    momentum: float = 0.99          # Keras': moving = moving * momentum + batch * (1 - momentum)
+    center: bool = True
+    scale: bool = True
+    trainable: bool = True          # False: inference mode even in training (Keras' frozen batch norm)
+    weights: list[str] = field(default_factory=list)    # roles in input order: gamma, beta, moving_mean, ...
+    variables: list[str] = field(default_factory=list)  # the Keras variable path of each weight
+
+
+@dataclass
+class DropoutSpec(_Spec):
+    kind: str                       # one of DROPOUT_KINDS
+    layer: str
+    rate: float = 0.0               # GaussianNoise: 0
+    stddev: float = 0.0             # GaussianNoise only
+    axis: int = -1                  # SpatialDropout*: the channel axis (whole channels are dropped)
+    rank: int = 0
+    seed: int | None = None
+    weights: list[str] = field(default_factory=list)
+    variables: list[str] = field(default_factory=list)
+
+
+def from_json(text: str) -> BatchNormSpec | DropoutSpec:
+    d = json.loads(text)
+    return (BatchNormSpec if d["kind"] in NORM_KINDS else DropoutSpec)(**d)
+
+
+class _Body:
+    """The nodes of one function body, with fresh local names."""
+
+    def __init__(self):
+        self.nodes = []
+
+    def __call__(self, op: str, inputs: list[str], **attrs) -> str:
+        from onnx import helper
+
+        out = f"t{len(self.nodes)}"
+        self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
+        return out
+
+    def const(self, value) -> str:
+        from onnx import numpy_helper
+
+        return self("Constant", [], value=numpy_helper.from_array(np.asarray(value)))
+
+
+def function(spec: BatchNormSpec | DropoutSpec, opset: int):
+    """The model-local function (overload: the layer) that is the node's body for
+    onnxruntime: Keras' inference. Inputs ``x`` and the weights in ``spec.weights`` order."""
+    from onnx import helper
+
+    b = _Body()
+    w = {role: f"w{k}" for k, role in enumerate(spec.weights)}
+    if isinstance(spec, BatchNormSpec):
+        # as tf.nn.batch_normalization: inv = rsqrt(var + eps) * gamma; x * inv + (beta - mean * inv)
+        inv = b("Reciprocal", [b("Sqrt", [b("Add", [w["moving_variance"], b.const(np.float32(spec.epsilon))])])])
+        if spec.scale:
+            inv = b("Mul", [inv, w["gamma"]])
+        shift = b("Mul", [w["moving_mean"], inv])
+        shift = b("Sub", [w["beta"], shift]) if spec.center else b("Neg", [shift])
+        trailing = spec.rank - 1 - spec.axis
+        if trailing > 0:   # (C,) -> (C, 1, ..., 1): broadcast on the channel axis
+            shape = b.const(np.array([-1] + [1] * trailing, np.int64))
+            inv, shift = b("Reshape", [inv, shape]), b("Reshape", [shift, shape])
+        y = b("Add", [b("Mul", ["x", inv]), shift])
+    else:
+        y = "x"
+    b.nodes.append(helper.make_node("Identity", [y], ["y"]))
+    return helper.make_function(DOMAIN, spec.op_type, ["x", *w.values()], ["y"], b.nodes,
+                                [helper.make_opsetid("", opset)], overload=spec.layer)
