@@ -310,6 +310,9 @@ NO_CASE: dict[str, str] = {
     f"ai.keras2torch::{op}": "one-node cases in test_keras_recurrent_ops.py: the node's body is a model-local "
                              "function, which this harness's plain graphs have no place for"
     for op in ("GRU", "LSTM", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D")}
+NO_CASE.update({op: "one-node cases in test_trainable_layers.py (the node's body is a model-local function)"
+                for op, entries in codegen.CONVERTERS.entries().items()
+                if any(e.family == "keras_trainable" for e in entries)})
 NO_CASE["ai.keras2torch::Bincount"] = ("fused from tf2onnx's whole DenseBincount subgraph (Unique, Compress, "
                                        "ScatterND): category_encoding in test_beyond.py against Keras")
 
