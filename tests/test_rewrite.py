@@ -349,7 +349,7 @@ NEEDED = {
     "reshape_split_channels": (1, "kept in Keras' layout"),                # output (N, H, W, 2, 2)
     "permute": (1, "transpose of the model's own"),
     "op_transpose_hw": (1, "transpose of the model's own"),
-    "lstm_conv_features": (1, "LSTM reads (sequence, batch, features)"),
+    "lstm_conv_features": (1, "the recurrent layer reads (batch, steps, features)"),
 }
 # Where the rewrite leaves more than the semantics need (expected to fail until fixed):
 # TimeDistributed(Conv1D) on (N, T, W, C) is a Conv2D with a 1 x k kernel on (N, C, T, W);
