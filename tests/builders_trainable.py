@@ -78,3 +78,46 @@ def dropout_family():
     y = L.SpatialDropout1D(0.2, name="sdrop1")(L.Reshape((36, 4), name="seq")(y))
     y = L.Flatten(name="flatten")(y)
     return perturb(keras.Model(x, L.Dense(3, name="dense")(y), name="dropout_family"))
+
+
+# ---- one trainable parameter per Keras weight element (test_trainable_params.py): fresh
+# initialisation (zero biases, as Keras leaves them), frozen layers, regularizers
+
+def fresh_seed():
+    """The seed model (Conv1D(2, 2) -> Flatten -> Dense(1)) as Keras initialises it: zero biases."""
+    _seed()
+    x = keras.Input((128, 1), name="x")
+    y = L.Flatten(name="flatten")(L.Conv1D(2, 2, name="conv1d")(x))
+    return keras.Model(x, L.Dense(1, name="dense")(y), name="fresh_seed")
+
+
+def conv_bn_dense_frozen():
+    """Conv2D (frozen, L2 kernel) -> BN -> Flatten -> Dense (L1L2 kernel, L1 bias); zero biases."""
+    _seed()
+    R = keras.regularizers
+    x = keras.Input((6, 6, 2), name="x")
+    conv = L.Conv2D(3, 3, kernel_regularizer=R.L2(0.01), name="conv")
+    y = L.BatchNormalization(name="bn")(conv(x))
+    y = L.Flatten(name="flatten")(y)
+    y = L.Dense(4, kernel_regularizer=R.L1L2(l1=0.003, l2=0.02), bias_regularizer=R.L1(0.5), name="dense")(y)
+    model = keras.Model(x, y, name="conv_bn_dense_frozen")
+    model.get_layer("dense").bias.assign(keras.ops.linspace(-1.0, 1.0, 4))   # a bias term that is not 0
+    conv.trainable = False
+    return model
+
+
+def embed_lstm():
+    """Embedding -> Dropout -> LSTM(6) -> Dense(1), fresh (the LSTM's one bias per gate)."""
+    _seed()
+    x = keras.Input((7,), dtype="int32", name="ids")
+    y = L.Embedding(20, 5, name="emb")(x)
+    y = L.Dropout(0.2, name="drop")(y)
+    y = L.LSTM(6, kernel_regularizer=keras.regularizers.L2(0.001), name="lstm")(y)
+    return keras.Model(x, L.Dense(1, name="dense")(y), name="embed_lstm")
+
+
+def gru_model():
+    """GRU(5) -> Dense(2), fresh (reset_after: two biases, as torch's)."""
+    _seed()
+    x = keras.Input((9, 3), name="x")
+    return keras.Model(x, L.Dense(2, name="dense")(L.GRU(5, name="gru")(x)), name="gru_model")

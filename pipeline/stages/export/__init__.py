@@ -40,6 +40,7 @@ from pipeline.stages.export.savedmodel import SavedModelSignature
 from pipeline.stages.export.tf2onnx_path import (HOLD_OUT_BYTES, TF2ONNX_PASSES, check_converted, convert_frozen,
                                                  failure_layer, freeze, save_onnx, tf2onnx_convert)
 from pipeline.stages.export.tfenv import import_tf, prepare
+from pipeline.stages.export.variables import WEIGHTS_NPZ, layer_facts, losses_reference, weights_npz
 
 record_layers = keras_layers.record
 
@@ -105,7 +106,8 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         raise PipelineError("export", f"Keras' own outputs {bad} contain NaN or inf on the seeded reference inputs; "
                             "this is the model, not the conversion", model=spec.name, kind="keras-nonfinite",
                             hint="check the model's weights, or change seed in the config")
-    layers = layer_list(model)
+    layers = layer_facts(model)
+    losses, kweights = losses_reference(model), weights_npz(model)
     params = int(model.count_params()) if hasattr(model, "count_params") else None
     keep_model = per_layer or may_unroll(model) or (free and not fixed)   # a fixed retry traces it again
     recurrent, fallback = _recurrent_stubbed(call, signature, model, settings, spec.name)
@@ -166,6 +168,8 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         "outputs": [{"name": k, "shape": [None, *ref[k].shape[1:]], "dtype": str(ref[k].dtype)} for k in onnx_outputs],
         "keras_layers": layers,
         "params": params,
+        "losses_reference": losses,
+        "keras_weights": WEIGHTS_NPZ if kweights is not None else None,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
                      "onnx": onnx.__version__, "numpy": np.__version__},
         "tf2onnx_passes": list(TF2ONNX_PASSES),
@@ -183,6 +187,8 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         del proto, external
         np.savez(d / "reference.npz", **{f"input:{k}": v for k, v in feeds.items()},
                  **{f"output:{k}": v for k, v in ref.items()})
+        if kweights is not None:
+            np.savez(d / WEIGHTS_NPZ, **kweights)
         record = {"stage": "export", **clock.record()}
         meta["stage"] = record
         write_json(d / "meta.json", meta)
