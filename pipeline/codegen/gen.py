@@ -64,6 +64,11 @@ class Gen:
         self.model_name = model_name
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.layers = {l["name"]: l["class"] for l in (keras_layers or [])}
+        self.keras = {l["name"]: l for l in (keras_layers or [])}   # export's facts (variables, trainable, ...)
+        self.sources: dict[str, str | None] = {}    # submodule -> the Keras layer whose weights it holds
+        self.added_bias: dict[str, str] = {}        # Keras layer -> state key of the zero bias added for it
+        self.reg_terms: list[str] = []              # Keras' kernel/bias regularizers as torch expressions
+        self._pending_bias: str | None = None
         self.values: dict[str, object] = {}
         self.init_lines: list[str] = []
         self.lines: list[str] = []
@@ -106,9 +111,25 @@ class Gen:
     def module_name(self, node) -> str:
         """The Keras layer that owns the weights (tf2onnx names a Conv with a folded
         BatchNormalization after the BN, its kernel after the conv), else the node's layer."""
+        return self.unique(self.owner(node) or node.op_type.lower())
+
+    def owner(self, node) -> str | None:
+        """The Keras layer whose weights ``node`` holds (see ``module_name``), or None."""
         weight = {"Conv": 1, "ConvTranspose": 1, "MatMul": 1, "Gemm": 1, "Linear": 1, "Gather": 0}.get(node.op_type)
         owner = self.keras_layer(node.input[weight]) if weight is not None and len(node.input) > weight else None
-        return self.unique(owner or self.layer_of(node) or node.op_type.lower())
+        return owner or self.layer_of(node)
+
+    def missing_bias(self, node, n: int) -> np.ndarray | None:
+        """Zeros ``(n,)`` for a node without a bias whose Keras layer has an all-zero bias
+        variable of that size (tf2onnx folded the ``Add`` of zeros away), once per layer;
+        else None. A non-zero bias is never missing: it is an ``Add`` the rewrite folds in."""
+        layer = self.owner(node)
+        variables = (self.keras.get(layer) or {}).get("variables", [])
+        if layer in self.added_bias or not any(v["path"].rsplit("/", 1)[-1] == "bias" and v.get("zero")
+                                               and v["shape"] == [n] for v in variables):
+            return None
+        self._pending_bias = layer
+        return np.zeros(n, np.float32)
 
     def const_hint(self, node) -> str:
         """The name of a buffer a node's constant operand becomes (``<layer>_<op>``)."""
@@ -239,4 +260,30 @@ class Gen:
         for k, arr in params.items():
             self.state[f"{name}.{k}"] = np.ascontiguousarray(arr).reshape(np.shape(arr))
         self.modules[name] = node.name
+        layer = self.sources[name] = self.owner(node)
+        if self._pending_bias is not None and "bias" in params:
+            self.added_bias[self._pending_bias] = f"{name}.bias"
+        self._pending_bias = None
+        self._keras_training_facts(name, layer, params)
         return f"self.{name}"
+
+    def _keras_training_facts(self, name: str, layer: str | None, params: dict) -> None:
+        """A frozen Keras layer's module gets ``requires_grad_(False)``; a trainable one's
+        kernel/bias regularizers become terms of ``regularization_loss()`` (Keras counts the
+        regularizers of trainable weights only)."""
+        entry = self.keras.get(layer) or {}
+        variables = entry.get("variables", [])
+        if params and (entry.get("trainable") is False or (variables and not any(v["trainable"] for v in variables))):
+            why = "trainable=False" if entry.get("trainable") is False else "its variables are not trainable"
+            self.init_lines.append(f"self.{name}.requires_grad_(False)  # Keras: {why}")
+            return
+        roles = {"kernel": ["weight", "weight_ih_l0", "kernel"],
+                 "bias": ["bias", "bias_ih_l0"] + (["bias_hh_l0"] if entry.get("class") == "GRU" else [])}
+        for role, reg in entry.get("regularizers", {}).items():
+            keys = [k for k in roles.get(role, []) if k in params][:1 if role == "kernel" else None]
+            for k in keys:
+                p = f"self.{name}.{k}"
+                if reg.get("l1"):
+                    self.reg_terms.append(f"{reg['l1']!r} * {p}.abs().sum()")
+                if reg.get("l2"):
+                    self.reg_terms.append(f"{reg['l2']!r} * {p}.square().sum()")

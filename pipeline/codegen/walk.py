@@ -74,7 +74,8 @@ def generate(proto, model_name: str, keras_layers: list[dict] | None = None, cla
                 origin = LineOrigin(node.name, node.op_type, gen.layer_of(node), where)
                 origins.update(dict.fromkeys(range(start, len(gen.lines)), origin))
     outputs = [gen.t(o.name, hint=f"{o.name}_const") for o in proto.graph.output]
-    src, first = render(gen.init_lines, gen.lines, class_name, arg_names, outputs, model_name, gen.helpers)
+    src, first = render(gen.init_lines, gen.lines, class_name, arg_names, outputs, model_name, gen.helpers,
+                        gen.reg_terms)
     return Generated(src, gen.state, gen.modules, inputs, [o.name for o in proto.graph.output],
                      {first + i: o for i, o in origins.items()})
 

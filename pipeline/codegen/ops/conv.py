@@ -59,6 +59,8 @@ def conv(gen: Gen, node):
             else spatial_pads(gen, node, kernel, strides, dil))
     out_pad = list(a.get("output_padding", [0] * n)) if transposed else [0] * n
     bias = gen.opt_const(node, 2)
+    if bias is None:   # Keras' all-zero bias, which tf2onnx dropped: a parameter again
+        bias = gen.missing_bias(node, out_ch)
     x = gen.t(node.input[0])
     padding, crop = "0", None
     if any(not isinstance(p, int) or p for p in pads):

@@ -80,6 +80,10 @@ def _call_native(gen: Gen, node, spec: RecurrentSpec, w: dict, x: str, states: l
     if spec.bidirectional:
         args.append("bidirectional=True")
     mod = gen.submodule(node, f"{_NATIVE[spec.kind]}({', '.join(args)})", _native_params(spec, w))
+    if spec.use_bias and spec.kind != "GRU":   # one trainable parameter per Keras weight element
+        for sfx in ("", "_reverse")[:len(spec.directions)]:
+            gen.init_lines.append(f"{mod}.bias_hh_l0{sfx}.requires_grad_(False)  # Keras has one bias: "
+                                  "torch's second stays 0")
     if spec.go_backwards:   # Keras reads the steps last to first and returns them in that order
         x = f"{x}.flip(1)"
         mask = f"{mask}.flip(1)" if mask else None

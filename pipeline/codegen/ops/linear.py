@@ -16,7 +16,10 @@ from pipeline.core.registry import handles
 
 
 def _linear(gen: Gen, node, w: np.ndarray, bias: np.ndarray | None) -> None:
-    """``nn.Linear`` with weight ``w`` (out, in) and an optional bias (out,)."""
+    """``nn.Linear`` with weight ``w`` (out, in) and an optional bias (out,); without one, the
+    zero bias of its Keras layer that tf2onnx dropped (``Gen.missing_bias``) when it has one."""
+    if bias is None:
+        bias = gen.missing_bias(node, w.shape[0])
     ctor = f"nn.Linear({w.shape[1]}, {w.shape[0]}" + (", bias=False" if bias is None else "") + ")"
     params = {"weight": np.ascontiguousarray(w.astype(np.float32))} | ({"bias": bias} if bias is not None else {})
     gen.emit(node, f"{gen.submodule(node, ctor, params)}({gen.t(node.input[0])})")
