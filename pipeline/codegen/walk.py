@@ -39,6 +39,8 @@ class Generated:
     input_names: list = field(default_factory=list)
     output_names: list = field(default_factory=list)
     line_nodes: dict = field(default_factory=dict)  # model.py line number (from 1) -> LineOrigin
+    sources: dict = field(default_factory=dict)     # submodule name -> the Keras layer whose weights it holds
+    added_bias: dict = field(default_factory=dict)  # Keras layer -> state key of the zero bias added for it
 
     def origin(self, line: int) -> LineOrigin | None:
         """The node that line ``line`` of ``model.py`` is the code of (None outside ``forward``)."""
@@ -77,7 +79,7 @@ def generate(proto, model_name: str, keras_layers: list[dict] | None = None, cla
     src, first = render(gen.init_lines, gen.lines, class_name, arg_names, outputs, model_name, gen.helpers,
                         gen.reg_terms)
     return Generated(src, gen.state, gen.modules, inputs, [o.name for o in proto.graph.output],
-                     {first + i: o for i, o in origins.items()})
+                     {first + i: o for i, o in origins.items()}, gen.sources, gen.added_bias)
 
 
 def _convert(gen: Gen, converters: Registry, node):

@@ -7,7 +7,8 @@ dimensions of export dynamic as far as the graph allows, see ``dynamic.py``) and
 ``import/import.json`` (``line_nodes``: the ONNX node, op type and Keras layer of each line
 of ``forward``, keyed by line of ``model.py``); with onnx2torch's port of the same graph,
 ``import/onnx2torch.safetensors`` (its weights, for the per-layer debugger) and
-``onnx2torch_status`` in ``import.json``.
+``onnx2torch_status`` in ``import.json``; ``import/weights_map.json``: each Keras variable's
+state_dict key and transform (``weights_map.py``).
 Loading is the runners' part: ``pipeline.runners.load(mdir)`` reads the pt2 program, or the
 generated module with its safetensors weights when no pt2 could be made, never full pickle.
 
@@ -29,6 +30,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.reference import inputs_for, load_reference
 from pipeline.runners.pytorch import convert_onnx
 from pipeline.stages.importer.dynamic import export_dynamic
+from pipeline.stages.importer import weights_map
 from pipeline.stages.importer.first_run import run_once
 
 
@@ -117,6 +119,14 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         except Exception as e:  # torch.export is strict about what it traces; model.py still loads
             info["format"] = "model.py"
             info["pt2_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        keras_npz = mdir.stage("export") / str(meta.get("keras_weights") or "-")
+        if keras_npz.is_file():
+            with np.load(keras_npz, allow_pickle=False) as z:
+                values = {k: z[k] for k in z.files}
+        else:
+            values = None
+        write_json(d / "weights_map.json", weights_map.build(meta.get("keras_layers", []), values, gen.state,
+                                                             gen.sources, gen.added_bias))
         record = {"stage": "import", **clock.record()}
         write_json(d / "import.json", {**info, "stage": record})
     return record
