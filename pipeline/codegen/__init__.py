@@ -29,6 +29,12 @@ Dense before it) are graph rules of the rewrite (``fold_for_torch``). Add a conv
 ``(gen, node) -> None`` in the family's module; ``generate(..., converters=registry)``
 takes another registry.
 
+For the port that trains, the export's facts per Keras layer (``meta.json`` ``keras_layers``)
+give: a zero bias tf2onnx dropped back as a parameter (``Gen.missing_bias``), a frozen
+layer's ``requires_grad_(False)``, and the terms of ``regularization_loss()`` (``render``);
+``Generated.sources``/``added_bias`` say which layer each submodule's weights come from
+(``stages/importer/weights_map.py``).
+
 Modules: ``values`` (the value kinds), ``gen`` (the generation state and its helpers),
 ``fold``, ``walk``, ``render`` (the ``model.py`` template), ``ops`` (the converters).
 """
