@@ -17,6 +17,16 @@ from dataclasses import asdict, dataclass, field
 DOMAIN = "ai.keras2torch"
 KINDS = ("GRU", "LSTM", "SimpleRNN", "ConvLSTM")
 GATES = {"GRU": 3, "LSTM": 4, "SimpleRNN": 1, "ConvLSTM": 4}
+# Keras' gate blocks in torch's order (indices of Keras' blocks): GRU z r h -> r z n; LSTM i f c o = i f g o
+TORCH_GATE_ORDER = {"GRU": [1, 0, 2], "LSTM": [0, 1, 2, 3], "SimpleRNN": [0]}
+
+
+def reorder_gates(m, order: list[int], gates: int):
+    """``m`` (numpy, gate blocks along axis 0) with its blocks in ``order``."""
+    import numpy as np
+
+    h = m.shape[0] // gates
+    return np.concatenate([m[k * h:(k + 1) * h] for k in order], axis=0)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from pipeline.core.onnx_body import Body
 from pipeline.core.recurrent import DOMAIN
 
 NORM_KINDS = ("BatchNormalization",)
@@ -74,31 +75,12 @@ def from_json(text: str) -> BatchNormSpec | DropoutSpec:
     return (BatchNormSpec if d["kind"] in NORM_KINDS else DropoutSpec)(**d)
 
 
-class _Body:
-    """The nodes of one function body, with fresh local names."""
-
-    def __init__(self):
-        self.nodes = []
-
-    def __call__(self, op: str, inputs: list[str], **attrs) -> str:
-        from onnx import helper
-
-        out = f"t{len(self.nodes)}"
-        self.nodes.append(helper.make_node(op, inputs, [out], **attrs))
-        return out
-
-    def const(self, value) -> str:
-        from onnx import numpy_helper
-
-        return self("Constant", [], value=numpy_helper.from_array(np.asarray(value)))
-
-
 def function(spec: BatchNormSpec | DropoutSpec, opset: int):
     """The model-local function (overload: the layer) that is the node's body for
     onnxruntime: Keras' inference. Inputs ``x`` and the weights in ``spec.weights`` order."""
     from onnx import helper
 
-    b = _Body()
+    b = Body()
     w = {role: f"w{k}" for k, role in enumerate(spec.weights)}
     if isinstance(spec, BatchNormSpec):
         # as tf.nn.batch_normalization: inv = rsqrt(var + eps) * gamma; x * inv + (beta - mean * inv)

@@ -12,16 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.codegen.gen import Gen, Unsupported, attrs
-from pipeline.core.recurrent import DOMAIN, RecurrentSpec
+from pipeline.core.recurrent import DOMAIN, TORCH_GATE_ORDER, RecurrentSpec, reorder_gates
 from pipeline.core.registry import handles
 
-# Keras gate blocks -> torch's (indices of Keras' blocks): GRU z r h -> r z n; LSTM i f c o = i f g o
-_ORDER = {"GRU": [1, 0, 2], "LSTM": [0, 1, 2, 3], "SimpleRNN": [0]}
 _NATIVE = {"GRU": "nn.GRU", "LSTM": "nn.LSTM", "SimpleRNN": "nn.RNN"}
 
 
 def _reorder(m: np.ndarray, kind: str, h: int) -> np.ndarray:
-    return np.concatenate([m[k * h:(k + 1) * h] for k in _ORDER[kind]], axis=0)
+    return reorder_gates(m, TORCH_GATE_ORDER[kind], len(TORCH_GATE_ORDER[kind]))
 
 
 def _native(spec: RecurrentSpec) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.onnx_body import Body
 from pipeline.core.recurrent import DOMAIN, RecurrentSpec
 
 _ONNX_OP = {"GRU": "GRU", "LSTM": "LSTM", "SimpleRNN": "RNN"}
@@ -22,34 +23,13 @@ _LSTM_ORDER = [0, 3, 1, 2]
 _INT64_MIN = -(2 ** 63)
 
 
-class _Body:
-    """The nodes of one function body, with fresh local names."""
-
-    def __init__(self):
-        self.nodes = []
-        self.n = 0
-
-    def __call__(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> list[str] | str:
-        from onnx import helper
-
-        self.n += 1
-        outs = [f"t{self.n}_{k}" for k in range(n_out)]
-        self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
-        return outs if n_out > 1 else outs[0]
-
-    def const(self, value) -> str:
-        from onnx import numpy_helper
-
-        return self("Constant", [], value=numpy_helper.from_array(np.asarray(value)))
-
-
 def make_function(spec: RecurrentSpec, opset: int):
     """The model-local function (overload: the layer) that is the node's body for onnxruntime.
     Its inputs: ``x``, the weights in ``spec.weights`` order, the initial states."""
     return conv_lstm_function(spec, opset) if spec.kind == "ConvLSTM" else _function(spec, opset)
 
 
-def _act(b: "_Body", name: str, x: str) -> str:
+def _act(b: "Body", name: str, x: str) -> str:
     op, alpha, beta = _ACT[name]
     if op == "Affine":
         return x
@@ -61,7 +41,7 @@ def conv_lstm_function(spec: RecurrentSpec, opset: int):
     recurrent convolution of each step (Keras' "same" is ``SAME_UPPER``), gates i f c o."""
     from onnx import helper
 
-    b, r, f = _Body(), spec.rank, spec.units
+    b, r, f = Body(), spec.rank, spec.units
     role = dict(zip(spec.weights, [f"w{k}" for k in range(len(spec.weights))]))
     to_oi = [r + 1, r] + list(range(r))          # (*k, in, out) -> (out, in, *k)
     kw = b("Transpose", [role["forward/kernel"]], perm=to_oi)
@@ -78,8 +58,7 @@ def conv_lstm_function(spec: RecurrentSpec, opset: int):
         part = b("Slice", [first, b.const(np.array([0], np.int64)), b.const(np.array([f], np.int64)),
                            b.const(np.array([1], np.int64))])
         h0 = c0 = b("Mul", [part, b.const(np.array(0, np.float32))])
-    s = _Body()
-    s.n = 1000
+    s = Body(prefix="s")
     xc = s("Conv", ["x_t", kw] + ([role["forward/bias"]] if spec.use_bias else []), **conv)
     hc = s("Conv", ["h_prev", kr], auto_pad="SAME_UPPER")
     gi, gf, gc, go = s("Split", [s("Add", [xc, hc]), s.const(np.array([f] * 4, np.int64))], n_out=4, axis=1)
@@ -103,7 +82,7 @@ def conv_lstm_function(spec: RecurrentSpec, opset: int):
                                 out_names, b.nodes, [helper.make_opsetid("", opset)], overload=spec.layer)
 
 
-def _gates(b: _Body, m: str, spec: RecurrentSpec, axis: int) -> str:
+def _gates(b: Body, m: str, spec: RecurrentSpec, axis: int) -> str:
     """``m`` with its gate blocks (along ``axis``) in ONNX's order."""
     if spec.kind != "LSTM":
         return m
@@ -115,7 +94,7 @@ def _gates(b: _Body, m: str, spec: RecurrentSpec, axis: int) -> str:
 def _function(spec: RecurrentSpec, opset: int):
     from onnx import helper
 
-    b = _Body()
+    b = Body()
     dirs = spec.directions
     w_in = [f"w{k}" for k in range(len(spec.weights))]
     s_in = [f"s{k}" for k in range(spec.n_states)]
@@ -208,7 +187,7 @@ class _Masked:
     ``sequence_lens``, and spread back: a masked step repeats the last valid output
     (zeros with ``zero_output_for_mask``, and before the first valid step)."""
 
-    def __init__(self, b: _Body, spec: RecurrentSpec):
+    def __init__(self, b: Body, spec: RecurrentSpec):
         self.b, self.spec = b, spec
         mask = "m"
         if spec.go_backwards:
@@ -253,7 +232,7 @@ class _Masked:
         return b("Where", [cond, v, other])
 
 
-def _merge(b: _Body, spec: RecurrentSpec, fw: str, bw: str) -> list[str]:
+def _merge(b: Body, spec: RecurrentSpec, fw: str, bw: str) -> list[str]:
     """Keras' Bidirectional merge of the two directions' outputs."""
     mode = spec.merge_mode
     if mode is None:

@@ -21,15 +21,16 @@ from itertools import permutations
 
 import numpy as np
 
+from pipeline.core.recurrent import TORCH_GATE_ORDER, reorder_gates
+
 _ROLES = {"kernel": ["weight", "weight_ih_l0", "kernel"], "recurrent_kernel": ["weight_hh_l0", "recurrent_kernel"],
           "bias": ["bias", "bias_ih_l0"], "gamma": ["weight"], "beta": ["bias"], "moving_mean": ["running_mean"],
           "moving_variance": ["running_var"], "embeddings": ["weight"]}
-_GATES = {"GRU": (3, [1, 0, 2]), "LSTM": (4, [0, 1, 2, 3]), "SimpleRNN": (1, [0])}
+_GATES = {kind: (len(order), order) for kind, order in TORCH_GATE_ORDER.items()}
 
 
 def _gates(a: np.ndarray, n: int, order: list[int]) -> np.ndarray:
-    h = a.shape[0] // n
-    return np.concatenate([a[k * h:(k + 1) * h] for k in order], axis=0)
+    return reorder_gates(a, order, n)
 
 
 def _transform(k: np.ndarray, t: np.ndarray, cls: str) -> dict | None:

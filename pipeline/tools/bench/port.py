@@ -12,19 +12,10 @@ def port_facts(mdir: ModelDir) -> dict:
 
     d = mdir.stage("import")
     lines = len((d / "model.py").read_text().splitlines())
-    stored = 0
     with safe_open(str(d / "model.safetensors"), "np") as f:
-        for k in f.keys():
-            stored += _nbytes(f.get_slice(k))
+        stored = sum(f.get_tensor(k).nbytes for k in f.keys())
     params = read_json(mdir.stage("export") / "meta.json").get("params")
     keras = params * 4 if params else None
     return {"model_py_lines": lines, "weights_bytes": stored, "keras_weights_bytes": keras,
             "weights_ratio": round(stored / keras, 4) if keras else None}
 
-
-def _nbytes(sl) -> int:
-    n = 1
-    for s in sl.get_shape():
-        n *= s
-    return n * {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                "BOOL": 1}[sl.get_dtype()]
