@@ -73,7 +73,9 @@ def export_dynamic(module, args, meta: dict, facts: dict) -> tuple:
         fixed.append({"input": names[i], "dim": k, "torch_axis": ax, "name": nm, "size": int(args[i].shape[ax]),
                       "by": "torch.export", "reason": reason[:500]})
 
-    attempt, oblivious = 0, True
+    # size-oblivious only where there are free dims: with the batch alone it changes nothing but can
+    # pin the batch (nn.GRU's decomposition, measured), which costs a second export of the whole model
+    attempt, oblivious = 0, any(ax != 0 for per in spec for ax in per)
     while True:
         attempt += 1
         try:   # size-oblivious: a free size is not assumed to be 1 (no guard "L - 2 != 1" per op)
