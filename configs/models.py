@@ -36,3 +36,34 @@ def gru64_1000():
     y = keras.layers.GRU(64, name="gru")(inp)
     y = keras.layers.Dense(1, name="dense")(y)
     return perturb(keras.Model(inp, y, name="gru64_1000"))
+
+
+def _transfer(app, name: str, size: int):
+    """The Keras transfer-learning recipe (keras.io "Transfer learning & fine-tuning"): a
+    ``keras.applications`` base (``weights=None``, seeded, batch norm statistics and affine
+    parameters perturbed) frozen (``base.trainable = False``) and called with
+    ``training=False``, then GlobalAveragePooling2D -> Dropout(0.2) -> Dense(1)."""
+    keras.utils.set_random_seed(7)
+    base = perturb(app(include_top=False, weights=None, input_shape=(size, size, 3)))
+    base.trainable = False
+    inp = keras.Input((size, size, 3), name="image")
+    y = base(inp, training=False)
+    y = keras.layers.GlobalAveragePooling2D(name="gap")(y)
+    y = keras.layers.Dropout(0.2, name="dropout")(y)
+    y = keras.layers.Dense(1, name="head")(y)
+    return perturb(keras.Model(inp, y, name=name))
+
+
+def mobilenetv2_transfer():
+    """MobileNetV2 (alpha 1.0, 96x96) frozen base + trainable head."""
+    return _transfer(keras.applications.MobileNetV2, "mobilenetv2_transfer", 96)
+
+
+def resnet50_transfer():
+    """ResNet50 (64x64) frozen base + trainable head."""
+    return _transfer(keras.applications.ResNet50, "resnet50_transfer", 64)
+
+
+def efficientnetb0_transfer():
+    """EfficientNetB0 (64x64) frozen base + trainable head."""
+    return _transfer(keras.applications.EfficientNetB0, "efficientnetb0_transfer", 64)

@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                          "that goes wrong, and the step that broke it (runs missing stages first)")
     dbg.add_argument("--bisect", action="store_true",
                      help="cut the first failing layer out of the rewritten ONNX model, with its inputs, for a bug report")
+    sub.add_parser("trainable-check", parents=[common], help="the port trains as Keras does: train-mode outputs, "
+                   "moving statistics, gradients, 10 SGD steps, dropout rates (on a converted model; "
+                   "writes <model>/training/)")
     zoo = sub.add_parser("zoo", help="convert every model of a zoo config, each in a watched worker process")
     zoo.add_argument("--config", "-c", default="configs/zoo.toml", help="zoo config (default: configs/zoo.toml)")
     zoo.add_argument("--out", "-o", default="artifacts/zoo", help="output folder (default: artifacts/zoo)")
@@ -338,6 +341,27 @@ def _debug_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
     return 0 if rep["status"] == "ok" and layers["status"] == "ok" else 1
 
 
+def _trainable_check(args) -> int:
+    """``tools.training`` on a converted model; a failure of the check is written to
+    ``<model>/training/`` (the conversion's own status and error.json stay as they are)."""
+    from pipeline.stages import report
+    from pipeline.tools import training
+
+    settings, spec, mdir = _model_of(args)
+    with runstate.model_lock(mdir):
+        try:
+            summary = training.run(mdir, settings)
+        except PipelineError as e:
+            training.write_failure(mdir, e)
+            report.write(mdir, settings)
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(training.table(summary))
+        report.write(mdir, settings)
+    print(f"{spec.name}: training check {summary['status']}  ({training.folder(mdir) / 'training.json'})")
+    return 0 if summary["status"] in ("ok", "skipped") else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -354,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             return zoo.main(args)
         if args.command == "debug":
             return _debug(args, argv[1:])
+        if args.command == "trainable-check":
+            return _trainable_check(args)
         return _stage(args.command, args)
     except PipelineError as e:
         _record_error(args, e.info.to_json() | {"model": e.info.model or _model_name(args)})

@@ -69,7 +69,24 @@ def build(mdir: ModelDir, settings=None) -> dict:
         rep["settings"] = meta.get("settings")
     if error:
         rep["error"] = error
+    if (t := _training(mdir)) is not None:
+        rep["training"] = t
     return rep
+
+
+def _training(mdir: ModelDir) -> dict | None:
+    """``training``: the training check's result (``make trainable-check``, in the tool's
+    folder ``<model>/training/``), or None (never run); a check measured on another port
+    than the current one (the import stage's outputs hash differs) is "stale"."""
+    from pipeline.core.runstate import outputs_hash
+
+    p = mdir.root / "training" / "training.json"
+    if not p.exists():
+        return None
+    t = read_json(p)
+    if t.get("import_outputs") != outputs_hash(mdir, "import"):
+        return {"status": "stale", "reason": "the port was converted again after the check: run it again"}
+    return {k: v for k, v in t.items() if k != "import_outputs"}
 
 
 def write(mdir: ModelDir, settings=None) -> dict:

@@ -31,6 +31,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.spec import ModelSpec
 from pipeline.stages.export import layers as keras_layers
 from pipeline.stages.export.keras_model import calibrate_batchnorm, layer_list, load_model
+from pipeline.stages.export.nested import inline_nested
 from pipeline.stages.export.recurrent import may_unroll, unroll_if_loop
 from pipeline.stages.export.stubs import STUB_OP, replace_stubs, stubbed
 from pipeline.core.reference import flatten_outputs
@@ -61,6 +62,9 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
 
     mdir = ModelDir.of(out, spec.name)
     model = load_model(spec, settings)
+    nested: dict = {}
+    if not isinstance(model, SavedModelSignature):
+        model, nested = inline_nested(model)   # a nested base's layers become the model's own
     specs = input_specs(model, settings, spec.name)   # free dims (None) stay symbolic in the signature
     shapes = reference_shapes(specs, settings, spec.name)
     signature = [tf.TensorSpec(shape, tf.as_dtype(dtype), name=n) for n, shape, dtype in specs]
@@ -167,6 +171,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         "input_ranges": ranges,
         "outputs": [{"name": k, "shape": [None, *ref[k].shape[1:]], "dtype": str(ref[k].dtype)} for k in onnx_outputs],
         "keras_layers": layers,
+        "nested_models": nested,
         "params": params,
         "losses_reference": losses,
         "keras_weights": WEIGHTS_NPZ if kweights is not None else None,

@@ -27,7 +27,7 @@ MAX_NPZ_BYTES = 32 << 20    # above this, the map is built without the Keras val
 _REGULARIZED = ("kernel", "bias", "activity")
 
 
-def _path(v) -> str:
+def var_path(v) -> str:
     p = getattr(v, "path", None) or v.name   # tf_keras variables have no path: "dense/kernel:0"
     return p[:-2] if p.endswith(":0") else p
 
@@ -63,7 +63,7 @@ def layer_facts(model) -> list[dict]:
         entry["variables"] = []
         for v in weights:
             arr = np.asarray(v.numpy())
-            var = {"path": _path(v), "shape": list(arr.shape), "trainable": id(v) in trainable}
+            var = {"path": var_path(v), "shape": list(arr.shape), "trainable": id(v) in trainable}
             if arr.size and not arr.any():
                 var["zero"] = True
             entry["variables"].append(var)
@@ -89,5 +89,5 @@ def weights_npz(model) -> dict[str, np.ndarray] | None:
         total += arr.nbytes
         if total > MAX_NPZ_BYTES:
             return None
-        arrays[_path(v)] = arr
+        arrays[var_path(v)] = arr
     return arrays
