@@ -38,14 +38,14 @@ def gru64_1000():
     return perturb(keras.Model(inp, y, name="gru64_1000"))
 
 
-def _transfer(app, name: str, size: int):
+def _transfer(app, name: str, size: int, frozen: bool = True):
     """The Keras transfer-learning recipe (keras.io "Transfer learning & fine-tuning"): a
     ``keras.applications`` base (``weights=None``, seeded, batch norm statistics and affine
     parameters perturbed) frozen (``base.trainable = False``) and called with
     ``training=False``, then GlobalAveragePooling2D -> Dropout(0.2) -> Dense(1)."""
     keras.utils.set_random_seed(7)
     base = perturb(app(include_top=False, weights=None, input_shape=(size, size, 3)))
-    base.trainable = False
+    base.trainable = not frozen
     inp = keras.Input((size, size, 3), name="image")
     y = base(inp, training=False)
     y = keras.layers.GlobalAveragePooling2D(name="gap")(y)
@@ -67,3 +67,9 @@ def resnet50_transfer():
 def efficientnetb0_transfer():
     """EfficientNetB0 (64x64) frozen base + trainable head."""
     return _transfer(keras.applications.EfficientNetB0, "efficientnetb0_transfer", 64)
+
+
+def mobilenetv2_finetune():
+    """The same MobileNetV2 model with the base unfrozen (fine-tuning: every batch norm in
+    training mode, every weight trains)."""
+    return _transfer(keras.applications.MobileNetV2, "mobilenetv2_finetune", 96, frozen=False)

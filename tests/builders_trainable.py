@@ -121,3 +121,13 @@ def gru_model():
     _seed()
     x = keras.Input((9, 3), name="x")
     return keras.Model(x, L.Dense(2, name="dense")(L.GRU(5, name="gru")(x)), name="gru_model")
+
+
+def lstm_recurrent_dropout():
+    """Embedding -> LSTM(6, dropout=0.2, recurrent_dropout=0.1) -> Dense(1): the LSTM's own
+    dropout arguments, which the port does not apply in train()."""
+    _seed()
+    x = keras.Input((7,), dtype="int32", name="ids")
+    y = L.Embedding(20, 5, name="emb")(x)
+    y = L.LSTM(6, dropout=0.2, recurrent_dropout=0.1, name="lstm")(y)
+    return perturb(keras.Model(x, L.Dense(1, name="dense")(y), name="lstm_recurrent_dropout"))

@@ -242,3 +242,27 @@ def test_noise_layers_in_train(converted):
     assert abs(float(a.mean())) <= 0.02 and abs(float(a.var()) - 1) <= 0.03
     noise.eval()
     assert torch.equal(noise(x), x)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_check_passes(converted, name):
+    """``trainable-check`` (checks 1-5 of issue 14) on each model: exit 0, status ok, and
+    every figure within the issue's bars, checked here again from training.json."""
+    out, _ = converted
+    proc = cli("trainable-check", "--model", f"tests/builders_trainable.py:{name}", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    t = json.loads((out / name / "training" / "training.json").read_text())
+    assert t["status"] == "ok" and report(out, name)["training"]["status"] == "ok"
+    c = t["checks"]
+    for r in c["forward"]["outputs"].values():
+        assert r["max_abs_err"] <= 1e-5 * r["scale"] + 1e-7, r
+    assert c["gradients"]["tensors"] >= 4 and c["gradients"]["max_err_over_tolerance"] <= 1.0
+    assert len(c["sgd"]["keras_losses"]) == len(c["sgd"]["torch_losses"]) == 10
+    assert c["sgd"]["torch_losses"][-1] < c["sgd"]["torch_losses"][0]   # it trained
+    if "bn" in json.loads((out / name / "export" / "meta.json").read_text())["trainable"]["nodes"]:
+        assert c["moving_statistics"]["tensors"] >= 2
+    rates = c["noise"]["modules"]
+    for m in rates:   # within 3 standard errors of the rate (a fraction) or of the noise's std
+        got, want = (m["measured"], m["rate"]) if "measured" in m else (m["measured_std"], m["expected_std"])
+        assert abs(got - want) <= 3 * m["standard_error"], m
+    assert bool(rates) == ("rate0" not in name and name != "conv2d_bn_frozen")

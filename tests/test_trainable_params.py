@@ -91,3 +91,21 @@ def test_weights_map_reproduces_the_state_dict(converted, name):
     if name == "gru_model":
         rows = [r for r in wmap["map"] if r["keras"] == "gru/gru_cell/kernel"]
         assert rows[0]["transform"] == {"transpose": [1, 0], "gate_order": [1, 0, 2], "gates": 3}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_check_passes(converted, name):
+    """``trainable-check`` on fresh models (zero biases as parameters, frozen layers, L1/L2
+    regularizers in the loss, nn.LSTM's frozen second bias, a GRU's two bias rows): status ok."""
+    out, _ = converted
+    proc = cli("trainable-check", "--model", f"tests/builders_trainable.py:{name}", "--out", out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    t = json.loads((out / name / "training" / "training.json").read_text())
+    assert t["status"] == "ok", t
+    g = t["checks"]["gradients"]
+    assert not g["port_only_trainable"] and not g["frozen_training"] and g["max_err_over_tolerance"] <= 1.0
+    if name == "conv_bn_dense_frozen":   # the regularizers are part of the loss, in both
+        assert t["checks"]["forward"]["regularization"]["keras"] > 1.0
+        assert t["checks"]["forward"]["regularization"]["torch"] == pytest.approx(
+            t["checks"]["forward"]["regularization"]["keras"], rel=1e-5)
+        assert g["frozen"] == 2   # the frozen conv's kernel and bias

@@ -51,7 +51,7 @@ def inline_nested(model) -> tuple[object, dict]:
             return model, {"kept": "the model takes a dict of inputs"}
         inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t.name) for t in graph.inputs]
         outputs = run(model, inputs if len(inputs) > 1 else inputs[0])
-        flat = keras.Model(inputs, outputs, name=model.name)
+        flat = keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=model.name)
     except Exception as e:   # e.g. two layers of the same name once flat: keep the nesting
         return model, {"kept": f"{type(e).__name__}: {str(e)[:300]}"}
     return flat, {"inlined": inlined}

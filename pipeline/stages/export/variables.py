@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 WEIGHTS_NPZ = "keras_weights.npz"
-MAX_NPZ_BYTES = 32 << 20    # above this, the map is built without the Keras values (unverified)
+MAX_NPZ_BYTES = 128 << 20   # above this (VGG16: 553 MB), the map is built without the Keras values (unverified)
 _REGULARIZED = ("kernel", "bias", "activity")
 
 

@@ -74,7 +74,8 @@ def apply(transform: dict, k: np.ndarray) -> np.ndarray:
 
 
 def build(keras_layers: list[dict], keras_values: dict | None, state: dict, sources: dict, added_bias: dict) -> dict:
-    """``{"map": [...], "unmapped": [...]}`` (see the module's docstring)."""
+    """``{"map": [...], "unmapped": [...], "modules": {submodule: Keras layer}}`` (see the
+    module's docstring; ``modules`` names the layer of every submodule, weights or not)."""
     rows, unmapped, used = [], [], set()
     for entry in keras_layers:
         mods = [m for m, layer in sources.items() if layer == entry["name"]]
@@ -118,4 +119,4 @@ def build(keras_layers: list[dict], keras_values: dict | None, state: dict, sour
             for key, tr in found:
                 used.add(key)
                 rows.append({"keras": path, "torch": key, "transform": tr})
-    return {"map": rows, "unmapped": unmapped}
+    return {"map": rows, "unmapped": unmapped, "modules": dict(sources)}

@@ -85,18 +85,30 @@ def check_module(name: str, m, shape: tuple, seed: int) -> dict | None:
             "measured_mean": mean, "expected_mean": mean_ref, "units": n, "standard_error": se, "ok": ok}
 
 
-def check(model, shapes: dict[str, tuple], rates: dict[str, dict], seed: int) -> list[dict]:
-    """Check 5 for every module of ``rates`` ({module: {attr: rate}}: the rates the port was
-    generated with), at the input shape it saw (``shapes``), its rate put back first."""
+def check(model, shapes: dict[str, tuple], rates: dict[str, dict], own: dict[str, dict], seed: int) -> list[dict]:
+    """Check 5 for every module of ``rates`` ({module: {attr: rate}}: Keras' rates of the
+    layers the modules come from), at the input shape it saw (``shapes``). The module runs
+    at the rate it was generated with (``own``: the rates ``torch_side.zero_rates`` set to 0,
+    put back here); the figures are compared with Keras' rate, so a port generated with
+    another rate fails."""
     out = []
     for k, (name, attrs) in enumerate(sorted(rates.items())):
-        m = model.get_submodule(name)
-        for attr, rate in attrs.items():
+        try:
+            m = model.get_submodule(name)
+        except AttributeError:
+            out.append({"module": name, "ok": False, "error": "the Keras layer has no module in the port"})
+            continue
+        for attr, rate in own.get(name, {}).items():
             setattr(m, attr, rate)
         if name not in shapes:
             out.append({"module": name, "ok": False, "error": "the module did not run in the forward pass"})
             continue
         r = check_module(name, m, shapes[name], seed + k)
-        if r is not None:
-            out.append(r)
+        if r is None:
+            continue
+        keras_rate = next(iter(attrs.values()))
+        if not math.isclose(r["rate"], keras_rate, rel_tol=1e-9):   # the port's own rate differs from Keras'
+            r.update(ok=False, keras_rate=keras_rate,
+                     error=f"the module's rate {r['rate']:g} is not Keras' {keras_rate:g}")
+        out.append(r)
     return out

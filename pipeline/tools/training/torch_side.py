@@ -37,10 +37,12 @@ def _call(model, xs, n_out: int):
     return res
 
 
-def run(load, feeds: list[np.ndarray], targets: list[np.ndarray], lr: float, steps: int, seed: int) -> dict:
+def run(load, feeds: list[np.ndarray], targets: list[np.ndarray], lr: float, steps: int, seed: int,
+        expected: dict) -> dict:
     """``load()``: a fresh port (weights as converted). Returns step 0's outputs (port
     layout), loss, gradients by state_dict key (None: no gradient), the state after step 0,
-    check 5 (``noise.check``, on the input shapes the dropout modules saw in step 0), then
+    check 5 (``noise.check`` of ``expected``, {module: {attr: Keras' rate}}, on the input
+    shapes the dropout modules saw in step 0), then
     the losses of ``steps`` SGD steps and the state after them, and what was zeroed."""
     import torch
 
@@ -68,7 +70,8 @@ def run(load, feeds: list[np.ndarray], targets: list[np.ndarray], lr: float, ste
             shapes.setdefault(name, tuple(args[0].shape))   # returns None: the args stay as they are
         return hook
 
-    hooks = [model.get_submodule(n).register_forward_pre_hook(seen(n)) for n in zeroed]
+    names = dict(model.named_modules())
+    hooks = [names[n].register_forward_pre_hook(seen(n)) for n in set(zeroed) | set(expected) if n in names]
     outs, mse, reg = loss_of(model)
     for h in hooks:
         h.remove()
@@ -79,7 +82,7 @@ def run(load, feeds: list[np.ndarray], targets: list[np.ndarray], lr: float, ste
     after = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     result = {"outputs": [o.detach().numpy() for o in outs], "loss": loss.item(), "mse": mse.item(),
               "regularization": float(reg.detach()), "grads": grads, "requires_grad": requires, "after": after,
-              "zeroed": zeroed, "noise": noise.check(model, shapes, zeroed, seed)}
+              "zeroed": zeroed, "noise": noise.check(model, shapes, expected, zeroed, seed)}
     model, _ = prepared()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
