@@ -12,12 +12,8 @@ import pytest
 from conftest import cli, report
 
 BUILDERS = "tests/builders_beyond.py"
-CROP = pytest.mark.xfail(reason="Resizing(crop_to_aspect_ratio=True): the rewrite leaves a Slice whose starts and "
-                                 "ends mix int32 and int64 (nchw.onnx does not load in onnxruntime); not fixed yet",
-                          strict=True)
-OK = ["pad_modes", "preprocessing_bilinear", pytest.param("preprocessing_bilinear_crop", marks=CROP),
-      "preprocessing_nearest", pytest.param("preprocessing_nearest_crop", marks=CROP), "category_encoding",
-      "embedding_ranges"]
+OK = ["pad_modes", "preprocessing_bilinear", "preprocessing_bilinear_crop", "preprocessing_nearest",
+      "preprocessing_nearest_crop", "category_encoding", "embedding_ranges"]
 KEPT = ("torch_codegen", "torch_pt2")   # the ports users keep; onnx2torch's is a cross-check (a warning)
 
 

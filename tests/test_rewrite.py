@@ -84,8 +84,9 @@ N, H, W, C = 2, 5, 4, 3
 
 
 def _const(name, array):
-    return helper.make_tensor(name, TensorProto.FLOAT if array.dtype == np.float32 else TensorProto.INT64,
-                              array.shape, array.reshape(-1).tolist())
+    kind = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}.get(array.dtype,
+                                                                                                 TensorProto.INT64)
+    return helper.make_tensor(name, kind, array.shape, array.reshape(-1).tolist())
 
 
 def _graph(nodes, out_shape, inits=(), out_type=TensorProto.FLOAT, x_shape=(N, H, W, C)):
@@ -129,6 +130,12 @@ RULE_CASES = {
     "gather-channels": ([helper.make_node("Gather", ["f", "i"], ["y"], axis=3)], (N, H, W, 2), [("i", _i64(2, 0))], 0),
     "slice": ([helper.make_node("Slice", ["f", "st", "en", "ax"], ["y"])], (N, H - 1, W, 2),
               [("st", _i64(1, 1)), ("en", _i64(H, 3)), ("ax", _i64(1, 3))], 0),
+    # tf2onnx's strided slice with a computed int32 begin (Resizing(crop_to_aspect_ratio=True)):
+    # the moved axes must stay int32, Slice takes one index type
+    "slice-computed-int32-starts": ([helper.make_node("Add", ["st", "z"], ["st2"]),
+                                     helper.make_node("Slice", ["f", "st2", "en", "ax"], ["y"])], (N, H - 1, W, 2),
+                                    [("st", np.array([1, 1], np.int32)), ("z", np.array([0, 0], np.int32)),
+                                     ("en", np.array([H, 3], np.int32)), ("ax", np.array([1, 3], np.int32))], 0),
     "pad": ([helper.make_node("Pad", ["f", "pd"], ["y"])], (N, H + 1, W + 2, C + 1),
             [("pd", _i64(0, 1, 0, 1, 0, 0, 2, 0))], 0),
     "tile": ([helper.make_node("Tile", ["f", "rp"], ["y"])], (N, H, 2 * W, 3 * C), [("rp", _i64(1, 1, 2, 3))], 0),
