@@ -142,3 +142,53 @@ def string_lookup():
     s = keras.Input((1,), dtype="string", name="word")
     y = L.StringLookup(vocabulary=["a", "b", "c"], output_mode="one_hot", name="string_lookup")(s)
     return keras.Model(s, L.Dense(2, name="out")(y), name="string_lookup")
+
+
+@keras.saving.register_keras_serializable(package="beyond")
+class Sampling(L.Layer):
+    """The VAE reparameterisation of Keras' VAE example: ``z_mean + exp(z_log_var / 2) * eps``,
+    ``eps ~ N(0, 1)`` drawn at every call, inference included."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seed_generator = keras.random.SeedGenerator(1337)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        eps = keras.random.normal(keras.ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + keras.ops.exp(0.5 * z_log_var) * eps
+
+
+def vae_encoder():
+    """The encoder of Keras' VAE example (smaller): z_mean and z_log_var are deterministic,
+    z draws random numbers at inference (``Sampling``)."""
+    _seed()
+    x = keras.Input((12, 12, 1), name="image")
+    y = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv1")(x)
+    y = L.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv2")(y)
+    y = L.Flatten(name="flat")(y)
+    y = L.Dense(16, activation="relu", name="hidden")(y)
+    z_mean = L.Dense(2, name="z_mean")(y)
+    z_log_var = L.Dense(2, name="z_log_var")(y)
+    z = Sampling(name="sampling")([z_mean, z_log_var])
+    return perturb(keras.Model(x, [z_mean, z_log_var, z], name="vae_encoder"))
+
+
+@keras.saving.register_keras_serializable(package="beyond")
+class TruncatedNoise(L.Layer):
+    """Adds ``keras.random.truncated_normal`` noise at every call: ONNX has no truncated normal."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seed_generator = keras.random.SeedGenerator(7)
+
+    def call(self, x):
+        return x + 0.1 * keras.random.truncated_normal(keras.ops.shape(x), seed=self.seed_generator)
+
+
+def truncated_noise():
+    """A draw at inference the pipeline cannot convert: export stops naming the layer."""
+    _seed()
+    x = keras.Input((4,), name="x")
+    y = TruncatedNoise(name="noise")(L.Dense(3, name="dense")(x))
+    return perturb(keras.Model(x, L.Dense(2, name="out")(y), name="truncated_noise"))

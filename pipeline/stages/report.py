@@ -60,6 +60,7 @@ def build(mdir: ModelDir, settings=None) -> dict:
         rep["outputs"] = cmp_["outputs"]
         rep["warnings"] = cmp_["warnings"]
         rep["degenerate"] = cmp_.get("degenerate", [])
+        rep["excluded"] = cmp_.get("excluded", {})   # outputs drawn at inference: out of parity, and why
         # free input dims, the ones fixed (where, why), every shape checked and the ones failed
         rep["dims"] = cmp_.get("dims")
         rep["shapes"] = cmp_.get("shapes", [])
