@@ -192,3 +192,17 @@ def truncated_noise():
     x = keras.Input((4,), name="x")
     y = TruncatedNoise(name="noise")(L.Dense(3, name="dense")(x))
     return perturb(keras.Model(x, L.Dense(2, name="out")(y), name="truncated_noise"))
+
+
+def permute_flatten_dense():
+    """Keras ``Permute`` before ``Flatten -> Dense`` on rank 3 and 4 (and a Permute read by a
+    Dense beside the Flatten): the permutation can live in the Dense rows, as the Flatten fold's."""
+    _seed()
+    img = keras.Input((6, 5, 3), name="image")
+    seq = keras.Input((7, 2), name="seq")
+    y = L.Conv2D(4, 3, padding="same", name="conv2d")(img)
+    y = L.Flatten(name="flat2d")(L.Permute((2, 1, 3), name="permute_hw")(y))
+    s = L.Conv1D(3, 3, name="conv1d")(seq)
+    s = L.Flatten(name="flat1d")(L.Permute((2, 1), name="permute_lc")(s))
+    y = L.Concatenate(name="concat")([y, s])
+    return perturb(keras.Model([img, seq], L.Dense(3, name="dense")(y), name="permute_flatten_dense"))

@@ -94,3 +94,18 @@ def test_unconvertible_random_draw_is_named(tmp_path):
     err = report(tmp_path, "truncated_noise")["error"]
     assert err["stage"] == "export" and err["layer"] == "noise" and err["kind"] == "random-at-inference", err
     assert "keras.random.truncated_normal" in err["message"] and "at inference" in err["message"], err
+
+
+def test_permute_folds_into_the_dense(tmp_path):
+    """Permute -> Flatten -> Dense (rank 4; rank 3 beside it, through a Concat): parity of the kept
+    ports (rtol 1e-5 of scale + 1e-6), nchw.onnx keeps the Permute's Transpose (1), the torch
+    graph has none: it is folded into the Dense rows, and weights_map.json says how."""
+    rep = _assert_kept_ok(cli("convert", "--model", f"{BUILDERS}:permute_flatten_dense", "--out", tmp_path), tmp_path,
+                          "permute_flatten_dense")
+    facts = json.loads((tmp_path / "permute_flatten_dense" / "rewrite" / "rewrite.json").read_text())
+    assert (facts["transposes"], facts["transposes_torch"]) == (1, 0), facts["remaining"]
+    assert rep["transposes_torch"] == 0
+    assert [t for t in facts["folded_into_dense"] if "permute_hw" in t], facts["folded_into_dense"]
+    wmap = json.loads((tmp_path / "permute_flatten_dense" / "import" / "weights_map.json").read_text())
+    dense = next(r for r in wmap["map"] if r["keras"] == "dense/kernel")
+    assert "row_permutation" in dense["transform"], dense

@@ -187,6 +187,27 @@ def test_flatten_fold_permutes_dense_rows(op):
     assert close(ref, run_ort(ir.serde.serialize_model(model), inputs_for(facts, {"x": x}))["y"])
 
 
+@pytest.mark.parametrize("perm", [(0, 2, 1, 3), (0, 3, 2, 1), (0, 1, 3, 2), (0, 3, 1, 2)], ids=str)
+def test_permute_flatten_fold_permutes_dense_rows(perm):
+    """A Keras Permute (a Transpose of the model's own, on NHWC) -> Flatten -> Dense: nchw.onnx
+    keeps one Transpose (none where the Permute is NHWC -> NCHW, which the rewrite cancels),
+    the torch graph none, with the same numbers (rtol 1e-5 of max, atol 1e-6)."""
+    k, d = H * W * C, 4
+    wt = np.linspace(-1, 1, k * d, dtype=np.float32).reshape(k, d)
+    nodes = [helper.make_node("Transpose", ["f"], ["pt"], perm=list(perm)),
+             helper.make_node("Flatten", ["pt"], ["fl"], axis=1), helper.make_node("MatMul", ["fl", "m"], ["y"])]
+    proto = _graph(nodes, (N, d), [("m", wt)])
+    x = np.random.default_rng(0).normal(size=(N, H, W, C)).astype(np.float32)
+    ref = run_ort(proto, {"x": x})["y"]
+    model = ir.serde.deserialize_model(proto)
+    facts = to_channels_first(model, ["x"], Settings())
+    cancels = perm == (0, 3, 1, 2)
+    assert len(layout.transposes(model.graph)) == (0 if cancels else 1), facts["remaining"]
+    assert bool(fold_for_torch(model, Settings())["into_dense"]) != cancels
+    assert not layout.transposes(model.graph)
+    assert close(ref, run_ort(ir.serde.serialize_model(model), inputs_for(facts, {"x": x}))["y"])
+
+
 # -- per-channel Mul/Add after a Conv (an unfolded batch norm) folded into the Conv ---------
 AFFINE_CASES = {   # case: (constants after the conv as (op, shape), conv has bias, conv output read twice, folds)
     "bn_after_depthwise": ([("Mul", (1, C, 1, 1)), ("Add", (C, 1, 1))], True, False, 2),
