@@ -206,3 +206,48 @@ def permute_flatten_dense():
     s = L.Flatten(name="flat1d")(L.Permute((2, 1), name="permute_lc")(s))
     y = L.Concatenate(name="concat")([y, s])
     return perturb(keras.Model([img, seq], L.Dense(3, name="dense")(y), name="permute_flatten_dense"))
+
+
+@keras.saving.register_keras_serializable(package="beyond")
+class HeadSplitAttention(L.Layer):
+    """Self-attention written the way hand-made transformers write it: Dense q/k/v, heads split
+    by ``reshape -> transpose(0, 2, 1, 3)``, ``matmul(q, transpose(k))``, softmax, ``matmul(., v)``,
+    heads merged by ``transpose -> reshape``."""
+
+    def __init__(self, heads=2, key_dim=4, **kw):
+        super().__init__(**kw)
+        self.heads, self.key_dim = heads, key_dim
+        self.q, self.k, self.v = (L.Dense(heads * key_dim, name=n) for n in ("q", "k", "v"))
+
+    def build(self, shape):
+        for d in (self.q, self.k, self.v):
+            d.build(shape)
+
+    def _split(self, x):
+        b, t = keras.ops.shape(x)[0], keras.ops.shape(x)[1]
+        return keras.ops.transpose(keras.ops.reshape(x, (b, t, self.heads, self.key_dim)), (0, 2, 1, 3))
+
+    def call(self, x):
+        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        scores = keras.ops.matmul(q, keras.ops.transpose(k, (0, 1, 3, 2))) / float(np.sqrt(self.key_dim))
+        y = keras.ops.matmul(keras.ops.softmax(scores, axis=-1), v)
+        y = keras.ops.transpose(y, (0, 2, 1, 3))
+        return keras.ops.reshape(y, (keras.ops.shape(x)[0], keras.ops.shape(x)[1], self.heads * self.key_dim))
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim}
+
+
+def attention_heads():
+    """Conv1D features into a hand-written head-split attention and a Keras MultiHeadAttention,
+    pooled, and the conv features flattened into a Dense: the Transposes of the head split are
+    the model's own, the one before the Flatten a layout left-over."""
+    _seed()
+    x = keras.Input((10, 3), name="seq")
+    y = L.Conv1D(8, 3, padding="same", name="conv")(x)
+    a = HeadSplitAttention(name="attn")(y)
+    m = L.MultiHeadAttention(2, 4, name="mha")(y, y)
+    flat = L.Dense(2, name="flat_out")(L.Flatten(name="flat")(y))   # a layout Transpose (before Flatten)
+    y = L.Add(name="sum")([a, m])
+    y = L.GlobalAveragePooling1D(name="pool")(y)
+    return perturb(keras.Model(x, [L.Dense(2, name="out")(y), flat], name="attention_heads"))

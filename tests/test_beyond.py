@@ -109,3 +109,21 @@ def test_permute_folds_into_the_dense(tmp_path):
     wmap = json.loads((tmp_path / "permute_flatten_dense" / "import" / "weights_map.json").read_text())
     dense = next(r for r in wmap["map"] if r["keras"] == "dense/kernel")
     assert "row_permutation" in dense["transform"], dense
+
+
+def test_attention_head_transposes_are_told_apart(tmp_path):
+    """A hand-written head-split attention beside Keras' MultiHeadAttention (Einsum) and a
+    Flatten -> Dense: parity of the kept ports (rtol 1e-5 of scale + 1e-6); rewrite.json marks
+    the q/v split and the merge Transposes as the attention's own (3) and the one before the
+    Flatten as a layout left-over (1), which the torch graph folds away."""
+    rep = _assert_kept_ok(cli("convert", "--model", f"{BUILDERS}:attention_heads", "--out", tmp_path), tmp_path,
+                          "attention_heads")
+    facts = json.loads((tmp_path / "attention_heads" / "rewrite" / "rewrite.json").read_text())
+    assert facts["transposes_by_kind"] == {"attention_heads": 3, "layout": 1}, facts["remaining"]
+    assert facts["transposes_torch_by_kind"] == {"attention_heads": 3, "layout": 0}
+    roles = sorted((t.get("role") or "-", t["kind"], "attn_1/" in t["node"]) for t in facts["remaining"])
+    assert roles == [("-", "layout", False), ("merge", "attention_heads", True), ("split", "attention_heads", True),
+                     ("split", "attention_heads", True)], roles
+    layout_left = [t for t in facts["remaining"] if t["kind"] == "layout"]
+    assert any("Flatten" in r for r in layout_left[0]["reasons"]), layout_left
+    assert rep["transposes_by_kind"]["torch"] == facts["transposes_torch_by_kind"]

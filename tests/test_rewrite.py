@@ -208,6 +208,36 @@ def test_permute_flatten_fold_permutes_dense_rows(perm):
     assert close(ref, run_ort(ir.serde.serialize_model(model), inputs_for(facts, {"x": x}))["y"])
 
 
+def test_head_transposes_are_told_apart():
+    """heads.classify: the q/k split (Reshape -> Transpose -> MatMul of two activations) and the
+    merge (MatMul -> Transpose -> Reshape) are the attention's own; the same Transpose before a
+    Dense (a constant weight) is a layout one."""
+    from pipeline.stages.rewrite import heads
+
+    nodes = [helper.make_node("Reshape", ["x", "s4"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["q"], perm=[0, 2, 1, 3], name="q_split"),
+             helper.make_node("Transpose", ["r"], ["kt"], perm=[0, 2, 3, 1], name="k_split"),
+             helper.make_node("Mul", ["q", "scale"], ["qs"]),
+             helper.make_node("MatMul", ["qs", "kt"], ["sc"]),
+             helper.make_node("MatMul", ["sc", "q"], ["o"]),
+             helper.make_node("Transpose", ["o"], ["m"], perm=[0, 2, 1, 3], name="merge"),
+             helper.make_node("Reshape", ["m", "s3"], ["y"]),
+             helper.make_node("Transpose", ["r"], ["d"], perm=[0, 2, 1, 3], name="before_dense"),
+             helper.make_node("MatMul", ["d", "w"], ["z"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 5, 4))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, (2, 5, 4)),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, (2, 2, 5, 3))],
+                          [_const("s4", _i64(2, 5, 2, 2)), _const("s3", _i64(2, 5, 4)),
+                           _const("scale", np.array(0.7, np.float32)), _const("w", np.ones((2, 3), np.float32))])
+    model = ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    kinds = heads.classify(model.graph)
+    assert kinds == {"q_split": {"kind": "attention_heads", "role": "split"},
+                     "k_split": {"kind": "attention_heads", "role": "split"},
+                     "merge": {"kind": "attention_heads", "role": "merge"},
+                     "before_dense": {"kind": "layout"}}, kinds
+    assert heads.counts(model.graph) == {"attention_heads": 3, "layout": 1}
+
+
 # -- per-channel Mul/Add after a Conv (an unfolded batch norm) folded into the Conv ---------
 AFFINE_CASES = {   # case: (constants after the conv as (op, shape), conv has bias, conv output read twice, folds)
     "bn_after_depthwise": ([("Mul", (1, C, 1, 1)), ("Add", (C, 1, 1))], True, False, 2),
