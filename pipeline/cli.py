@@ -172,6 +172,10 @@ def _print_rewrite(mdir: ModelDir) -> None:
           f"{f['transposes_in_raw'] - f['transposes']} removed, {f['transposes']} left in nchw.onnx, "
           f"{f['transposes_torch']} in the torch graph; channels-first inputs {f['inputs_channels_first']}, "
           f"outputs {f['outputs_channels_first']}")
+    kinds = f.get("transposes_by_kind") or {}
+    if kinds.get("attention_heads"):
+        print(f"  of those left in nchw.onnx: {kinds['attention_heads']} attention head split/merge (the model's own), "
+              f"{kinds.get('layout', 0)} layout left-over(s)")
     for t in f["remaining"]:
         print(f"  kept {t['node']} perm={t['perm']}: {'; '.join(t['reasons'])}")
 

@@ -142,3 +142,112 @@ def string_lookup():
     s = keras.Input((1,), dtype="string", name="word")
     y = L.StringLookup(vocabulary=["a", "b", "c"], output_mode="one_hot", name="string_lookup")(s)
     return keras.Model(s, L.Dense(2, name="out")(y), name="string_lookup")
+
+
+@keras.saving.register_keras_serializable(package="beyond")
+class Sampling(L.Layer):
+    """The VAE reparameterisation of Keras' VAE example: ``z_mean + exp(z_log_var / 2) * eps``,
+    ``eps ~ N(0, 1)`` drawn at every call, inference included."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seed_generator = keras.random.SeedGenerator(1337)
+
+    def call(self, inputs):
+        z_mean, z_log_var = inputs
+        eps = keras.random.normal(keras.ops.shape(z_mean), seed=self.seed_generator)
+        return z_mean + keras.ops.exp(0.5 * z_log_var) * eps
+
+
+def vae_encoder():
+    """The encoder of Keras' VAE example (smaller): z_mean and z_log_var are deterministic,
+    z draws random numbers at inference (``Sampling``)."""
+    _seed()
+    x = keras.Input((12, 12, 1), name="image")
+    y = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv1")(x)
+    y = L.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv2")(y)
+    y = L.Flatten(name="flat")(y)
+    y = L.Dense(16, activation="relu", name="hidden")(y)
+    z_mean = L.Dense(2, name="z_mean")(y)
+    z_log_var = L.Dense(2, name="z_log_var")(y)
+    z = Sampling(name="sampling")([z_mean, z_log_var])
+    return perturb(keras.Model(x, [z_mean, z_log_var, z], name="vae_encoder"))
+
+
+@keras.saving.register_keras_serializable(package="beyond")
+class TruncatedNoise(L.Layer):
+    """Adds ``keras.random.truncated_normal`` noise at every call: ONNX has no truncated normal."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.seed_generator = keras.random.SeedGenerator(7)
+
+    def call(self, x):
+        return x + 0.1 * keras.random.truncated_normal(keras.ops.shape(x), seed=self.seed_generator)
+
+
+def truncated_noise():
+    """A draw at inference the pipeline cannot convert: export stops naming the layer."""
+    _seed()
+    x = keras.Input((4,), name="x")
+    y = TruncatedNoise(name="noise")(L.Dense(3, name="dense")(x))
+    return perturb(keras.Model(x, L.Dense(2, name="out")(y), name="truncated_noise"))
+
+
+def permute_flatten_dense():
+    """Keras ``Permute`` before ``Flatten -> Dense`` on rank 3 and 4 (and a Permute read by a
+    Dense beside the Flatten): the permutation can live in the Dense rows, as the Flatten fold's."""
+    _seed()
+    img = keras.Input((6, 5, 3), name="image")
+    seq = keras.Input((7, 2), name="seq")
+    y = L.Conv2D(4, 3, padding="same", name="conv2d")(img)
+    y = L.Flatten(name="flat2d")(L.Permute((2, 1, 3), name="permute_hw")(y))
+    s = L.Conv1D(3, 3, name="conv1d")(seq)
+    s = L.Flatten(name="flat1d")(L.Permute((2, 1), name="permute_lc")(s))
+    y = L.Concatenate(name="concat")([y, s])
+    return perturb(keras.Model([img, seq], L.Dense(3, name="dense")(y), name="permute_flatten_dense"))
+
+
+@keras.saving.register_keras_serializable(package="beyond")
+class HeadSplitAttention(L.Layer):
+    """Self-attention written the way hand-made transformers write it: Dense q/k/v, heads split
+    by ``reshape -> transpose(0, 2, 1, 3)``, ``matmul(q, transpose(k))``, softmax, ``matmul(., v)``,
+    heads merged by ``transpose -> reshape``."""
+
+    def __init__(self, heads=2, key_dim=4, **kw):
+        super().__init__(**kw)
+        self.heads, self.key_dim = heads, key_dim
+        self.q, self.k, self.v = (L.Dense(heads * key_dim, name=n) for n in ("q", "k", "v"))
+
+    def build(self, shape):
+        for d in (self.q, self.k, self.v):
+            d.build(shape)
+
+    def _split(self, x):
+        b, t = keras.ops.shape(x)[0], keras.ops.shape(x)[1]
+        return keras.ops.transpose(keras.ops.reshape(x, (b, t, self.heads, self.key_dim)), (0, 2, 1, 3))
+
+    def call(self, x):
+        q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))
+        scores = keras.ops.matmul(q, keras.ops.transpose(k, (0, 1, 3, 2))) / float(np.sqrt(self.key_dim))
+        y = keras.ops.matmul(keras.ops.softmax(scores, axis=-1), v)
+        y = keras.ops.transpose(y, (0, 2, 1, 3))
+        return keras.ops.reshape(y, (keras.ops.shape(x)[0], keras.ops.shape(x)[1], self.heads * self.key_dim))
+
+    def get_config(self):
+        return {**super().get_config(), "heads": self.heads, "key_dim": self.key_dim}
+
+
+def attention_heads():
+    """Conv1D features into a hand-written head-split attention and a Keras MultiHeadAttention,
+    pooled, and the conv features flattened into a Dense: the Transposes of the head split are
+    the model's own, the one before the Flatten a layout left-over."""
+    _seed()
+    x = keras.Input((10, 3), name="seq")
+    y = L.Conv1D(8, 3, padding="same", name="conv")(x)
+    a = HeadSplitAttention(name="attn")(y)
+    m = L.MultiHeadAttention(2, 4, name="mha")(y, y)
+    flat = L.Dense(2, name="flat_out")(L.Flatten(name="flat")(y))   # a layout Transpose (before Flatten)
+    y = L.Add(name="sum")([a, m])
+    y = L.GlobalAveragePooling1D(name="pool")(y)
+    return perturb(keras.Model(x, [L.Dense(2, name="out")(y), flat], name="attention_heads"))

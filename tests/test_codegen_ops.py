@@ -305,6 +305,13 @@ add("batchnormalization-rank3", Case("BatchNormalization", (S, w(3, seed=37), w(
 add("layernormalization", Case("LayerNormalization", (S, w(4, seed=41), w(4, seed=42)), {"axis": -1, "epsilon": 1e-3}))
 add("layernormalization-two-axes", Case("LayerNormalization", (S4, w(5, 6, seed=43)), {"axis": 2}))
 
+# random draws: (op, attrs, data input shape or None), what ``export/randomness.py`` produces
+RANDOM = {"RandomNormalLike": ({"mean": 0.5, "scale": 2.0}, (400, 50)),
+          "RandomUniformLike": ({"low": -1.0, "high": 3.0}, (400, 50)),
+          "RandomNormal": ({"shape": [400, 50], "mean": -1.0, "scale": 0.5}, None),
+          "RandomUniform": ({"shape": [400, 50], "low": 2.0, "high": 2.5}, None)}
+
+
 # op types registered without a case of their own here, and why
 NO_CASE: dict[str, str] = {
     f"ai.keras2torch::{op}": "one-node cases in test_keras_recurrent_ops.py: the node's body is a model-local "
@@ -313,6 +320,8 @@ NO_CASE: dict[str, str] = {
 NO_CASE.update({op: "one-node cases in test_trainable_layers.py (the node's body is a model-local function)"
                 for op, entries in codegen.CONVERTERS.entries().items()
                 if any(e.family == "keras_trainable" for e in entries)})
+NO_CASE.update({op: "random: no two runs share values; test_random_draws_have_the_distribution checks "
+                    "shape, dtype and moments instead" for op in RANDOM})
 NO_CASE["ai.keras2torch::Bincount"] = ("fused from tf2onnx's whole DenseBincount subgraph (Unique, Compress, "
                                        "ScatterND): category_encoding in test_beyond.py against Keras")
 
@@ -403,6 +412,35 @@ def test_every_converter_has_a_case():
                 hi = "" if e.opsets[1] >= MAX_OPSET else e.opsets[1]
                 missing.append(f"{op} opsets {e.opsets[0]}-{hi} ({e.family})")
     assert not missing, missing
+
+
+@pytest.mark.parametrize("op", list(RANDOM))
+def test_random_draws_have_the_distribution(tmp_path, op):
+    """A random node's torch code draws the node's distribution: the shape and dtype of
+    onnxruntime's draw, and over 20,000 samples the mean within 5 standard errors and the
+    std within 3% of the node's (uniform: inside [low, high)); two calls differ."""
+    a, shape = RANDOM[op]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", shape[1]])] if shape else []
+    node = helper.make_node(op, ["x"] if shape else [], ["y"], name=f"functional_1/sampling_1/{op}", **a)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    feeds = {"x": np.zeros(shape, np.float32)} if shape else {}
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    gen, module = _generated_module(model, tmp_path, op.lower())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        got = module(*[torch.from_numpy(feeds[n]) for n in gen.input_names]).numpy()
+        again = module(*[torch.from_numpy(feeds[n]) for n in gen.input_names]).numpy()
+    assert got.shape == ref.shape and got.dtype == ref.dtype, (got.shape, got.dtype, ref.shape, ref.dtype)
+    assert not np.array_equal(got, again)
+    if "Normal" in op:
+        mean, std = a["mean"], a["scale"]
+    else:
+        mean, std = (a["low"] + a["high"]) / 2, (a["high"] - a["low"]) / np.sqrt(12)
+        assert got.min() >= a["low"] and got.max() < a["high"], (got.min(), got.max())
+    for sample in (got, ref):   # onnxruntime's draw has the same moments: the attributes were read alike
+        assert abs(sample.mean() - mean) <= 5 * std / np.sqrt(sample.size), (op, sample.mean(), mean)
+        assert abs(sample.std() - std) <= 0.03 * std, (op, sample.std(), std)
 
 
 @pytest.mark.parametrize("case_id", ["dense-bias-rank3", "dense-bias-rank4-1-1-c"])

@@ -84,8 +84,9 @@ N, H, W, C = 2, 5, 4, 3
 
 
 def _const(name, array):
-    return helper.make_tensor(name, TensorProto.FLOAT if array.dtype == np.float32 else TensorProto.INT64,
-                              array.shape, array.reshape(-1).tolist())
+    kind = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32}.get(array.dtype,
+                                                                                                 TensorProto.INT64)
+    return helper.make_tensor(name, kind, array.shape, array.reshape(-1).tolist())
 
 
 def _graph(nodes, out_shape, inits=(), out_type=TensorProto.FLOAT, x_shape=(N, H, W, C)):
@@ -129,6 +130,12 @@ RULE_CASES = {
     "gather-channels": ([helper.make_node("Gather", ["f", "i"], ["y"], axis=3)], (N, H, W, 2), [("i", _i64(2, 0))], 0),
     "slice": ([helper.make_node("Slice", ["f", "st", "en", "ax"], ["y"])], (N, H - 1, W, 2),
               [("st", _i64(1, 1)), ("en", _i64(H, 3)), ("ax", _i64(1, 3))], 0),
+    # tf2onnx's strided slice with a computed int32 begin (Resizing(crop_to_aspect_ratio=True)):
+    # the moved axes must stay int32, Slice takes one index type
+    "slice-computed-int32-starts": ([helper.make_node("Add", ["st", "z"], ["st2"]),
+                                     helper.make_node("Slice", ["f", "st2", "en", "ax"], ["y"])], (N, H - 1, W, 2),
+                                    [("st", np.array([1, 1], np.int32)), ("z", np.array([0, 0], np.int32)),
+                                     ("en", np.array([H, 3], np.int32)), ("ax", np.array([1, 3], np.int32))], 0),
     "pad": ([helper.make_node("Pad", ["f", "pd"], ["y"])], (N, H + 1, W + 2, C + 1),
             [("pd", _i64(0, 1, 0, 1, 0, 0, 2, 0))], 0),
     "tile": ([helper.make_node("Tile", ["f", "rp"], ["y"])], (N, H, 2 * W, 3 * C), [("rp", _i64(1, 1, 2, 3))], 0),
@@ -178,6 +185,57 @@ def test_flatten_fold_permutes_dense_rows(op):
     assert fold_for_torch(model, Settings())["into_dense"]
     assert not layout.transposes(model.graph)
     assert close(ref, run_ort(ir.serde.serialize_model(model), inputs_for(facts, {"x": x}))["y"])
+
+
+@pytest.mark.parametrize("perm", [(0, 2, 1, 3), (0, 3, 2, 1), (0, 1, 3, 2), (0, 3, 1, 2)], ids=str)
+def test_permute_flatten_fold_permutes_dense_rows(perm):
+    """A Keras Permute (a Transpose of the model's own, on NHWC) -> Flatten -> Dense: nchw.onnx
+    keeps one Transpose (none where the Permute is NHWC -> NCHW, which the rewrite cancels),
+    the torch graph none, with the same numbers (rtol 1e-5 of max, atol 1e-6)."""
+    k, d = H * W * C, 4
+    wt = np.linspace(-1, 1, k * d, dtype=np.float32).reshape(k, d)
+    nodes = [helper.make_node("Transpose", ["f"], ["pt"], perm=list(perm)),
+             helper.make_node("Flatten", ["pt"], ["fl"], axis=1), helper.make_node("MatMul", ["fl", "m"], ["y"])]
+    proto = _graph(nodes, (N, d), [("m", wt)])
+    x = np.random.default_rng(0).normal(size=(N, H, W, C)).astype(np.float32)
+    ref = run_ort(proto, {"x": x})["y"]
+    model = ir.serde.deserialize_model(proto)
+    facts = to_channels_first(model, ["x"], Settings())
+    cancels = perm == (0, 3, 1, 2)
+    assert len(layout.transposes(model.graph)) == (0 if cancels else 1), facts["remaining"]
+    assert bool(fold_for_torch(model, Settings())["into_dense"]) != cancels
+    assert not layout.transposes(model.graph)
+    assert close(ref, run_ort(ir.serde.serialize_model(model), inputs_for(facts, {"x": x}))["y"])
+
+
+def test_head_transposes_are_told_apart():
+    """heads.classify: the q/k split (Reshape -> Transpose -> MatMul of two activations) and the
+    merge (MatMul -> Transpose -> Reshape) are the attention's own; the same Transpose before a
+    Dense (a constant weight) is a layout one."""
+    from pipeline.stages.rewrite import heads
+
+    nodes = [helper.make_node("Reshape", ["x", "s4"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["q"], perm=[0, 2, 1, 3], name="q_split"),
+             helper.make_node("Transpose", ["r"], ["kt"], perm=[0, 2, 3, 1], name="k_split"),
+             helper.make_node("Mul", ["q", "scale"], ["qs"]),
+             helper.make_node("MatMul", ["qs", "kt"], ["sc"]),
+             helper.make_node("MatMul", ["sc", "q"], ["o"]),
+             helper.make_node("Transpose", ["o"], ["m"], perm=[0, 2, 1, 3], name="merge"),
+             helper.make_node("Reshape", ["m", "s3"], ["y"]),
+             helper.make_node("Transpose", ["r"], ["d"], perm=[0, 2, 1, 3], name="before_dense"),
+             helper.make_node("MatMul", ["d", "w"], ["z"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 5, 4))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, (2, 5, 4)),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, (2, 2, 5, 3))],
+                          [_const("s4", _i64(2, 5, 2, 2)), _const("s3", _i64(2, 5, 4)),
+                           _const("scale", np.array(0.7, np.float32)), _const("w", np.ones((2, 3), np.float32))])
+    model = ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    kinds = heads.classify(model.graph)
+    assert kinds == {"q_split": {"kind": "attention_heads", "role": "split"},
+                     "k_split": {"kind": "attention_heads", "role": "split"},
+                     "merge": {"kind": "attention_heads", "role": "merge"},
+                     "before_dense": {"kind": "layout"}}, kinds
+    assert heads.counts(model.graph) == {"attention_heads": 3, "layout": 1}
 
 
 # -- per-channel Mul/Add after a Conv (an unfolded batch norm) folded into the Conv ---------

@@ -38,6 +38,7 @@ def build(mdir: ModelDir, settings=None) -> dict:
         rep["transposes_torch"] = rw.get("transposes_torch")
         rep["transposes_in_raw"] = rw.get("transposes_in_raw")
         rep["remaining_transposes"] = rw["remaining"]
+        rep["transposes_by_kind"] = {"nchw": rw.get("transposes_by_kind"), "torch": rw.get("transposes_torch_by_kind")}
         rep["layout"] = {"inputs_channels_first": rw["inputs_channels_first"],
                          "outputs_channels_first": rw["outputs_channels_first"]}
     rep["stages"] = {s: {k: d["stage"][k] for k in ("seconds", "peak_rss_mb")}
@@ -60,6 +61,7 @@ def build(mdir: ModelDir, settings=None) -> dict:
         rep["outputs"] = cmp_["outputs"]
         rep["warnings"] = cmp_["warnings"]
         rep["degenerate"] = cmp_.get("degenerate", [])
+        rep["excluded"] = cmp_.get("excluded", {})   # outputs drawn at inference: out of parity, and why
         # free input dims, the ones fixed (where, why), every shape checked and the ones failed
         rep["dims"] = cmp_.get("dims")
         rep["shapes"] = cmp_.get("shapes", [])

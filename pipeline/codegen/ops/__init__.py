@@ -13,9 +13,9 @@ import.
 """
 
 from pipeline.codegen.ops import (conv, elementwise, indexing, keras_conv_lstm, keras_recurrent, keras_trainable, linear,
-                                  norm, pool, recurrent, reduce, resize, shape)
+                                  norm, pool, randomness, recurrent, reduce, resize, shape)
 from pipeline.core.registry import Registry
 
 FAMILIES = [elementwise, shape, indexing, reduce, conv, linear, pool, resize, recurrent, keras_recurrent, keras_conv_lstm,
-            keras_trainable, norm]
+            keras_trainable, norm, randomness]
 CONVERTERS = Registry.collect("converter", FAMILIES)

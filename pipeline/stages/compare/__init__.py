@@ -25,6 +25,8 @@ passes if it is at most ``FLOAT64_FACTOR`` times as far from that result as Kera
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from pipeline.core.artifacts import ModelDir, StageClock, atomic_dir, read_json, write_json
@@ -58,6 +60,21 @@ def compare_arrays(ref: np.ndarray, got: np.ndarray, rtol: float, atol: float) -
             "tolerance": tol, "scale": scale}
 
 
+def stochastic(ref: np.ndarray, got: np.ndarray, reason: str) -> dict:
+    """An output drawn from random numbers at inference (export ``meta.json`` ``random``):
+    left out of parity (``excluded``: why); it passes with Keras' shape and finite values.
+    The means and stds of both are recorded, for a look at the distribution."""
+    ref64, got64 = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
+    out = {"ok": True, "excluded": reason, "max_abs_err": None, "max_rel_err": None, "tolerance": None,
+           "scale": float(np.max(np.abs(ref64))) if ref64.size else 0.0,
+           "keras_mean": float(ref64.mean()) if ref64.size else None, "keras_std": float(ref64.std()) if ref64.size else None}
+    if ref64.shape != got64.shape:
+        return {**out, "ok": False, "error": f"shape {list(got64.shape)} != Keras {list(ref64.shape)}"}
+    if not np.isfinite(got64).all():
+        return {**out, "ok": False, "error": "NaN or inf in the output"}
+    return {**out, "mean": float(got64.mean()) if got64.size else None, "std": float(got64.std()) if got64.size else None}
+
+
 def degenerate(name: str, ref: np.ndarray) -> str | None:
     """A warning when an output is too small or too uniform for parity to prove much."""
     r = np.asarray(ref, dtype=np.float64)
@@ -69,8 +86,12 @@ def degenerate(name: str, ref: np.ndarray) -> str | None:
     return None
 
 
-def compare_outputs(ref: dict, got: dict, rtol: float, atol: float) -> dict:
-    return {k: compare_arrays(ref[k], got.get(k, np.array(np.nan)), rtol, atol) for k in ref}
+def compare_outputs(ref: dict, got: dict, rtol: float, atol: float, excluded: dict | None = None) -> dict:
+    """Per output ``compare_arrays``; the outputs in ``excluded`` (name -> why) are ``stochastic``."""
+    excluded = excluded or {}
+    return {k: (stochastic(ref[k], got.get(k, np.array(np.nan)), excluded[k]) if k in excluded else
+                compare_arrays(ref[k], got.get(k, np.array(np.nan)), rtol, atol)) for k in ref}
+
 
 
 def kept_ok(results: dict) -> bool:
@@ -132,7 +153,7 @@ def float32_precision(mdir: ModelDir, inputs: dict, ref: dict, got: dict, result
         for k, r in per.items():
             bound = keras_err.get(k)
             out = got.get(stage, {}).get(k)
-            if bound is None or out is None or np.shape(out) != np.shape(exact[k]) or not np.isfinite(out).all():
+            if r.get("excluded") or bound is None or out is None or np.shape(out) != np.shape(exact[k]) or not np.isfinite(out).all():
                 continue
             e = stage_err.setdefault(stage, {})[k] = dist(out, k)
             if not r["ok"] and e <= FLOAT64_FACTOR * bound:
@@ -199,13 +220,15 @@ def run(mdir: ModelDir, settings: Settings, modules: dict | None = None) -> dict
         got[name] = out if name == "onnx_raw" else {k: output_to_keras(facts, k, v) for k, v in out.items()}
         shapes.run_port(name, runner, more, facts)
         runner.close()
-    results = {stage: compare_outputs(ref, got[stage], settings.rtol, settings.atol) for stage in RUNNERS
+    random = (meta.get("random") or {}).get("outputs", {})   # drawn at inference: out of parity, with why
+    results = {stage: compare_outputs(ref, got[stage], settings.rtol, settings.atol, random) for stage in RUNNERS
                if stage in got}
-    shape_entries, at_shapes = shapes.results(more, compare_outputs, settings.rtol, settings.atol)
+    shape_entries, at_shapes = shapes.results(more, functools.partial(compare_outputs, excluded=random),
+                                              settings.rtol, settings.atol)
     if missing_pt2:   # its absence fails; onnx2torch is optional
         results["torch_pt2"] = {k: {**compare_arrays(v, np.full_like(v, np.nan), settings.rtol, settings.atol),
                                     "error": missing_pt2} for k, v in ref.items()}
-    degenerate_outputs = {k: w for k, v in ref.items() if (w := degenerate(k, v))}
+    degenerate_outputs = {k: w for k, v in ref.items() if k not in random and (w := degenerate(k, v))}
     precision = None
     if settings.float64_check and not kept_ok(results):   # a failing cross-check alone is a warning
         precision = float32_precision(mdir, inputs, ref, got, results)
@@ -217,10 +240,8 @@ def run(mdir: ModelDir, settings: Settings, modules: dict | None = None) -> dict
         "status": status,
         "tolerance": {"rtol": settings.rtol, "atol": settings.atol},
         "float32_precision": precision,
-        "max_abs_err": {s: max((r["max_abs_err"] if r["max_abs_err"] is not None else float("inf"))
-                               for r in results[s].values()) for s in results},
-        "max_rel_err": {s: max((r["max_rel_err"] if r["max_rel_err"] is not None else float("inf"))
-                               for r in results[s].values()) for s in results},
+        "max_abs_err": {s: shapes.worst(results[s], "max_abs_err") for s in results},
+        "max_rel_err": {s: shapes.worst(results[s], "max_rel_err") for s in results},
         "passed": passed,
         "skipped": skipped,
         "outputs": {k: {s: results[s][k] for s in results} for k in ref},
@@ -228,7 +249,8 @@ def run(mdir: ModelDir, settings: Settings, modules: dict | None = None) -> dict
         "dims": shapes.dims(meta, imp),
         "failed_shapes": {s: sorted({k.split(" @ ", 1)[1] for k, r in per.items() if " @ " in k and not r["ok"]})
                           for s, per in results.items() if any(" @ " in k and not r["ok"] for k, r in per.items())},
-        "warnings": [*degenerate_outputs.values(), *stage_warnings],
+        "warnings": [*degenerate_outputs.values(), *[random[k] for k in ref if k in random], *stage_warnings],
+        "excluded": {k: random[k] for k in ref if k in random},   # outputs left out of parity, and why
         "degenerate": list(degenerate_outputs),   # outputs whose parity proves little (the zoo checks per layer)
     }
     with atomic_dir(mdir.stage("compare")) as d:
@@ -248,8 +270,11 @@ def table(summary: dict) -> str:
                 p = r["float32_precision"]
                 verdict = (f"yes, as accurate as Keras: {p['stage_vs_float64']:.3g} from float64 math, "
                            f"Keras {p['keras_vs_float64']:.3g}")
+            if "excluded" in r:
+                verdict = ("excluded, random at inference: shape and values finite" if r["ok"] else
+                           f"NO ({r.get('error')})")
             rows.append(f"{name[:28]:<28} {stage:<13} {fmt(r['max_abs_err']):>12} {fmt(r['max_rel_err']):>12} "
-                        f"{r['tolerance']:>11.3g}  {verdict}")
+                        f"{fmt(r['tolerance']):>11}  {verdict}")
     rows += shapes.describe(summary["dims"]) if summary.get("dims") else []
     for e in summary.get("shapes", [])[1:]:
         if "skipped" in e:

@@ -10,6 +10,7 @@ and ``export/meta.json`` (input/output names, shapes and dtypes in Keras' layout
 - ``savedmodel.py``    a SavedModel, exported through one of its signatures
 - ``stubs.py``         Keras layers as single ``ai.keras2torch`` nodes (recurrent, batch norm, dropout)
 - ``recurrent.py``     recurrent layers that tf2onnx writes as a Loop: stubs, else unrolled
+- ``randomness.py``    random draws at inference: stateful TF ops for tf2onnx, the outputs they reach
 - ``trainable.py``     batch norms and the dropout family as stubs (grappler would fold or drop them)
 - ``reference.py``     input specs, seeded reference inputs, output names
 - ``tf2onnx_path.py``  freeze, hold-out of big Dense kernels, tf2onnx, checks, save
@@ -32,6 +33,7 @@ from pipeline.core.spec import ModelSpec
 from pipeline.stages.export import layers as keras_layers
 from pipeline.stages.export.keras_model import calibrate_batchnorm, layer_list, load_model
 from pipeline.stages.export.nested import inline_nested
+from pipeline.stages.export.randomness import random_outputs, stateful_draws
 from pipeline.stages.export.recurrent import may_unroll, unroll_if_loop
 from pipeline.stages.export.stubs import STUB_OP, replace_stubs, stubbed
 from pipeline.core.reference import flatten_outputs
@@ -114,47 +116,55 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
     losses, kweights = losses_reference(model), weights_npz(model)
     params = int(model.count_params()) if hasattr(model, "count_params") else None
     keep_model = per_layer or may_unroll(model) or (free and not fixed)   # a fixed retry traces it again
-    recurrent, fallback = _recurrent_stubbed(call, signature, model, settings, spec.name)
-    if recurrent is not None:
-        proto, external, stubs = recurrent
-    else:
-        stubs = None
-        try:   # a fresh trace for tf2onnx (see tf2onnx_path._xla_functions_inlined); ``fn`` ran the reference
-            try:
-                frozen = freeze(tf.function(call, input_signature=signature, autograph=False), signature)
-                if not keep_model:
-                    model = None   # the Keras weights are no longer needed: the frozen graph has them
-                    gc.collect()
-                proto, external = convert_frozen(frozen, settings.opset)
-            except Exception as e:   # tf2onnx fails on the symbolic signature: fix the free dims at the reference size
-                if not free or fixed:
-                    raise
-                frozen = None
-                fixed, signature = fixed_dims(specs, shapes, "tf2onnx", e, layers), fixed_signature
-                frozen = freeze(tf.function(call, input_signature=signature, autograph=False), signature)
-                proto, external = convert_frozen(frozen, settings.opset)
-            del frozen
-        except Exception as e:
-            raise PipelineError("export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name,
-                                **failure_layer(e, layers)) from e
-    check_converted(proto, spec.name, layers)
-    if model is not None and not per_layer and not may_unroll(model):
-        model = None   # kept for a fixed retry only
-    unrolled = unroll_if_loop(proto, model)
-    if unrolled:   # recurrent layers came out as an ONNX Loop: convert them unrolled (see recurrent.py)
-        model, rnn_names = unrolled
-        if free and not fixed:   # one step per time step needs a static length
-            fixed = fixed_dims(specs, shapes, "unroll", RuntimeError(
-                f"the recurrent layers {rnn_names} are converted unrolled, one copy per time step"), layers)
-            signature = fixed_signature
-        fn = tf.function(call, input_signature=signature, autograph=False)   # ``call`` now sees the copy
+    names = {l["name"] for l in layers}
+    # keras.random draws at inference: stateful TF ops while tracing for tf2onnx (randomness.py)
+    with stateful_draws() as draws:
+        recurrent, fallback = _recurrent_stubbed(call, signature, model, settings, spec.name)
+        if recurrent is not None:
+            proto, external, stubs = recurrent
+        else:
+            stubs = None
+            try:   # a fresh trace for tf2onnx (see tf2onnx_path._xla_functions_inlined); ``fn`` ran the reference
+                try:
+                    frozen = freeze(tf.function(call, input_signature=signature, autograph=False), signature)
+                    if not keep_model:
+                        model = None   # the Keras weights are no longer needed: the frozen graph has them
+                        gc.collect()
+                    proto, external = convert_frozen(frozen, settings.opset)
+                except Exception as e:   # tf2onnx fails on the symbolic signature: fix the free dims at the reference size
+                    if not free or fixed:
+                        raise
+                    frozen = None
+                    fixed, signature = fixed_dims(specs, shapes, "tf2onnx", e, layers), fixed_signature
+                    frozen = freeze(tf.function(call, input_signature=signature, autograph=False), signature)
+                    proto, external = convert_frozen(frozen, settings.opset)
+                del frozen
+            except Exception as e:
+                raise (draws.error(spec.name, names, e) or PipelineError(
+                    "export", f"tf2onnx failed: {type(e).__name__}: {e}", model=spec.name,
+                    **failure_layer(e, layers))) from e
         try:
-            proto, external = tf2onnx_convert(fn, signature, settings.opset)
-        except Exception as e:
-            raise PipelineError("export", f"tf2onnx failed on the unrolled recurrent layers {rnn_names}: "
-                                f"{type(e).__name__}: {e}", model=spec.name) from e
+            check_converted(proto, spec.name, layers)
+        except PipelineError as e:
+            raise (draws.error(spec.name, names, e) or e) from e
+        if model is not None and not per_layer and not may_unroll(model):
+            model = None   # kept for a fixed retry only
+        unrolled = unroll_if_loop(proto, model)
+        if unrolled:   # recurrent layers came out as an ONNX Loop: convert them unrolled (see recurrent.py)
+            model, rnn_names = unrolled
+            if free and not fixed:   # one step per time step needs a static length
+                fixed = fixed_dims(specs, shapes, "unroll", RuntimeError(
+                    f"the recurrent layers {rnn_names} are converted unrolled, one copy per time step"), layers)
+                signature = fixed_signature
+            fn = tf.function(call, input_signature=signature, autograph=False)   # ``call`` now sees the copy
+            try:
+                proto, external = tf2onnx_convert(fn, signature, settings.opset)
+            except Exception as e:
+                raise PipelineError("export", f"tf2onnx failed on the unrolled recurrent layers {rnn_names}: "
+                                    f"{type(e).__name__}: {e}", model=spec.name) from e
 
     onnx_outputs = [o.name for o in proto.graph.output]
+    random = random_outputs(proto, names, draws)   # outputs drawn at inference: left out of parity
     if sorted(onnx_outputs) != sorted(ref):
         raise PipelineError("export", f"ONNX outputs {onnx_outputs} do not match Keras outputs {list(ref)}",
                             model=spec.name)
@@ -177,6 +187,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
         "keras_weights": WEIGHTS_NPZ if kweights is not None else None,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "tf2onnx": tf2onnx.__version__,
                      "onnx": onnx.__version__, "numpy": np.__version__},
+        "random": random,
         "tf2onnx_passes": list(TF2ONNX_PASSES),
         "tf2onnx_large_model": True,
         "unrolled_recurrent": unrolled[1] if unrolled else sorted(stubs.unrolled) if stubs else [],

@@ -4,7 +4,8 @@ Writes ``rewrite/nchw.onnx`` (explicit Transposes where the semantics need them,
 inspection and onnxruntime), ``rewrite/torch.onnx`` (the same graph with each
 ``Transpose -> Flatten -> Dense`` folded into the Dense weights and bias ``Add``s into the
 op before them, ``folds``; the input of the import stage) and ``rewrite/rewrite.json``
-(layouts, Transposes removed and left, and why).
+(layouts, Transposes removed and left, and why; which of those left are attention's head
+split/merge and which layout left-overs, ``heads``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import onnx_ir as ir
 from pipeline.core.artifacts import ModelDir, StageClock, atomic_dir, read_json, write_json
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
-from pipeline.stages.rewrite import folds, layout, passes
+from pipeline.stages.rewrite import folds, heads, layout, passes
 from pipeline.stages.rewrite.context import Ctx
 from pipeline.core.untrusted import check_onnx
 
@@ -47,6 +48,8 @@ def to_channels_first(model: ir.Model, channels_first_inputs: list[str], setting
         unit += passes.unit_transposes_to_reshapes(ctx)
     passes.cleanup(model)
     bodies = passes.keras_functions(model, ctx.opset)
+    remaining = layout.explain(ctx, outs, settings.channels_last_inputs, settings.channels_last_outputs)
+    by_kind = heads.annotate(model.graph, remaining)   # attention's own Transposes vs layout left-overs
     return {
         "inputs_channels_first": ins,
         "outputs_channels_first": outs,
@@ -58,7 +61,8 @@ def to_channels_first(model: ir.Model, channels_first_inputs: list[str], setting
         "pulled_up": pulled,
         "keras_bodies_rebuilt": bodies,
         "sweeps": sweeps,
-        "remaining": layout.explain(ctx, outs, settings.channels_last_inputs, settings.channels_last_outputs),
+        "remaining": remaining,
+        "transposes_by_kind": by_kind,
         "barriers": {k: {"op_type": v[0], "reason": v[1]} for k, v in ctx.barriers.items()
                      if any(n.name == k for n in model.graph)},
     }
@@ -163,6 +167,7 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         facts["folded_into_conv"] = folded["into_conv"]
         facts["folded_bias_add"] = folded["bias_add"]
         facts["transposes_torch"] = len(layout.transposes(model.graph))
+        facts["transposes_torch_by_kind"] = heads.counts(model.graph)
         record = {"stage": "rewrite", **clock.record()}
         write_json(d / "rewrite.json", {**facts, "stage": record})
     return record

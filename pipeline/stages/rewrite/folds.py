@@ -3,7 +3,8 @@ moves work into a weighted op's constants, so torch gets one module where ONNX h
 nodes. Each returns the names of what it folded (empty when nothing applies, so a second
 run changes nothing).
 
-- ``fold_flatten_transposes``: ``Transpose -> Flatten -> Dense``: the Dense rows permuted;
+- ``fold_flatten_transposes``: ``Transpose -> Flatten -> Dense`` (the rewrite's own before a
+  Flatten, or a Keras ``Permute``): the Dense rows permuted;
 - ``fold_affine_into_conv``: per-channel ``Mul``/``Add`` after a Conv: into its weights/bias;
 - ``fold_bias_add``: a bias ``Add`` after a bias-free ConvTranspose or rank-2 Dense: its bias.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from pipeline.core.perm import inverse, to_last
+from pipeline.core.perm import inverse
 from pipeline.stages.rewrite.context import Ctx, dims
 
 
@@ -44,9 +45,10 @@ def _dense_users(ctx: Ctx, v: ir.Value) -> list | None:
 
 
 def fold_flatten_transposes(ctx: Ctx) -> list[str]:
-    """``Transpose(x, to_last) -> Flatten -> MatMul/Gemm(W)`` with constant W (also through a
-    ``Concat`` of flat features): the rows of W are permuted once into channels-first
-    order and the runtime Transpose goes away."""
+    """``Transpose(x, p) -> Flatten -> MatMul/Gemm(W)`` with constant W (also through a
+    ``Concat`` of flat features), for any ``p`` that keeps the batch first: ``to_last`` (the
+    channels-last order restored before a Flatten) or a Keras ``Permute``'s. The rows of W are
+    permuted once into the order of x's features and the runtime Transpose goes away."""
     folded = []
     for t in list(ctx.graph):
         if t.op_type != "Transpose" or t.graph is not ctx.graph:
@@ -54,7 +56,7 @@ def fold_flatten_transposes(ctx: Ctx) -> list[str]:
         p = tuple(t.attributes["perm"].as_ints())
         x, ty = t.inputs[0], t.outputs[0]
         xd = dims(x)
-        if len(p) < 3 or p != to_last(len(p)) or not xd or any(d is None for d in xd[1:]):
+        if len(p) < 3 or p[0] != 0 or not xd or any(d is None for d in xd[1:]):
             continue
         uses = list(ty.uses())
         if len(uses) != 1 or ty.is_graph_output():
@@ -68,7 +70,7 @@ def fold_flatten_transposes(ctx: Ctx) -> list[str]:
         if not denses:
             continue
         k = int(np.prod(xd[1:]))
-        keras_index = np.arange(k).reshape([xd[i] for i in p[1:]])          # (*S, C) order
+        keras_index = np.arange(k).reshape([xd[i] for i in p[1:]])          # the flattened order (to_last: (*S, C))
         order = np.transpose(keras_index, inverse(tuple(i - 1 for i in p[1:]))).reshape(-1)
         for m, offset in denses:
             w = ctx.const(m.inputs[1])

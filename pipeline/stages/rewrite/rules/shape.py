@@ -207,6 +207,19 @@ def shape(ctx, node):
     return True
 
 
+def _index_dtype(ctx, node) -> np.dtype:
+    """The index type of a Slice (starts, ends, axes and steps share one, int32 or int64): the
+    first of its index inputs with a constant or a known type decides, else int64. A computed
+    int32 ``starts`` (tf2onnx's strided slice with a dynamic begin) needs int32 axes."""
+    for v in node.inputs[1:]:
+        c = ctx.const(v)
+        if c is not None:
+            return c.dtype
+        if v is not None and v.type is not None:
+            return v.type.dtype.numpy()
+    return np.dtype(np.int64)
+
+
 @handles("Slice")
 def slice_(ctx, node):
     p = data_perm(ctx, node, [0])
@@ -223,8 +236,7 @@ def slice_(ctx, node):
         return ctx.fail(node, "no constant axes or starts")
     new_axes = [p[norm_axis(a, len(p))] for a in axes]
     ctx.bypass(node, 0)
-    dtype = starts.dtype if starts is not None else np.int64   # Slice wants one index type
-    axes_v = ctx.new_const(np.array(new_axes, dtype=dtype), "slice_axes")
+    axes_v = ctx.new_const(np.array(new_axes, dtype=_index_dtype(ctx, node)), "slice_axes")
     if len(node.inputs) > 3:
         node.replace_input_with(3, axes_v)
     else:
