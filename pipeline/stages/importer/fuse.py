@@ -142,7 +142,9 @@ def fuse(module, example_args=None) -> FuseResult:
         return FuseResult(module)
     fused = copy.deepcopy(module).eval()   # also what the shapes are taken on: eval() updates no statistics
     ranks, left = None, {}
-    if example_args is not None:
+    after_linear = any(getattr(n.args[0], "op", None) == "call_module" and n.args[0].target in modules
+                       and isinstance(modules[n.args[0].target], nn.Linear) for n in bns if n.args)
+    if example_args is not None and after_linear:   # one run of the model, for the Dense pairs only
         try:
             ranks = _ranks(fused, graph, example_args)
         except Exception as e:   # Dense pairs then stay; conv pairs need no shapes
