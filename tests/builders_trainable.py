@@ -131,3 +131,65 @@ def lstm_recurrent_dropout():
     y = L.Embedding(20, 5, name="emb")(x)
     y = L.LSTM(6, dropout=0.2, recurrent_dropout=0.1, name="lstm")(y)
     return perturb(keras.Model(x, L.Dense(1, name="dense")(y), name="lstm_recurrent_dropout"))
+
+
+# ---- batch norms after convs and Dense layers, for the inference form's folding (test_fuse.py):
+# perturbed weights, biases and moving statistics (a fresh model's mean 0 / variance 1 hides errors)
+
+def fuse_conv1d():
+    """Conv1D without bias -> BN -> ReLU -> GlobalAveragePooling1D -> Dense."""
+    _seed()
+    x = keras.Input((16, 3), name="x")
+    y = L.BatchNormalization(epsilon=0.05, name="bn")(L.Conv1D(4, 3, use_bias=False, name="conv")(x))
+    y = L.GlobalAveragePooling1D(name="gap")(L.ReLU(name="relu")(y))
+    return perturb(keras.Model(x, L.Dense(3, name="dense")(y), name="fuse_conv1d"))
+
+
+def fuse_conv2d():
+    """Conv2D (stride 2, same) -> BN -> ReLU -> Flatten -> Dense."""
+    _seed()
+    x = keras.Input((10, 10, 3), name="x")
+    y = L.BatchNormalization(name="bn")(L.Conv2D(6, 3, strides=2, padding="same", name="conv")(x))
+    y = L.Flatten(name="flatten")(L.ReLU(name="relu")(y))
+    return perturb(keras.Model(x, L.Dense(3, name="dense")(y), name="fuse_conv2d"))
+
+
+def fuse_depthwise():
+    """DepthwiseConv2D (depth multiplier 2) -> BN -> ReLU -> Conv2D 1x1 -> BN (frozen) -> GAP -> Dense."""
+    _seed()
+    x = keras.Input((10, 10, 4), name="x")
+    y = L.BatchNormalization(name="bn")(L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(x))
+    y = L.Conv2D(5, 1, name="pw")(L.ReLU(name="relu")(y))
+    frozen = L.BatchNormalization(name="bn_pw")
+    y = L.GlobalAveragePooling2D(name="gap")(frozen(y))
+    model = perturb(keras.Model(x, L.Dense(3, name="dense")(y), name="fuse_depthwise"))
+    frozen.trainable = False
+    return model
+
+
+def fuse_conv3d():
+    """Conv3D -> BN -> GlobalAveragePooling3D -> Dense."""
+    _seed()
+    x = keras.Input((6, 6, 6, 2), name="x")
+    y = L.BatchNormalization(name="bn")(L.Conv3D(4, 3, name="conv")(x))
+    y = L.GlobalAveragePooling3D(name="gap")(y)
+    return perturb(keras.Model(x, L.Dense(3, name="dense")(y), name="fuse_conv3d"))
+
+
+def fuse_skip():
+    """conv1's output feeds its BN and the skip Add (not foldable); conv2 -> bn2 folds."""
+    _seed()
+    x = keras.Input((8, 8, 4), name="x")
+    c = L.Conv2D(4, 3, padding="same", name="conv1")(x)
+    y = L.Add(name="add")([c, L.BatchNormalization(name="bn1")(c)])
+    y = L.BatchNormalization(name="bn2")(L.Conv2D(6, 3, name="conv2")(L.ReLU(name="relu")(y)))
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    return perturb(keras.Model(x, L.Dense(3, name="dense")(y), name="fuse_skip"))
+
+
+def fuse_dense():
+    """Dense -> BN -> ReLU -> Dense: the batch norm folds into the first Dense."""
+    _seed()
+    x = keras.Input((7,), name="x")
+    y = L.ReLU(name="relu")(L.BatchNormalization(name="bn")(L.Dense(6, name="dense1")(x)))
+    return perturb(keras.Model(x, L.Dense(3, name="dense2")(y), name="fuse_dense"))

@@ -2,8 +2,10 @@
 
 Writes ``import/model.py`` (generated PyTorch source, see ``codegen``; it needs torch and
 safetensors only), ``import/model.safetensors`` (its weights), ``import/model.pt2`` (a
-``torch.export`` program of that module with a dynamic batch dimension and the free
-dimensions of export dynamic as far as the graph allows, see ``dynamic.py``) and
+``torch.export`` program of that module's inference form: in eval(), batch norms folded into
+the conv or Dense before them, ``fuse.py``; ``import.json`` ``fused``: what was folded and why
+the rest was not; with a dynamic batch dimension and the free dimensions of export dynamic as
+far as the graph allows, see ``dynamic.py``) and
 ``import/import.json`` (``line_nodes``: the ONNX node, op type and Keras layer of each line
 of ``forward``, keyed by line of ``model.py``); with onnx2torch's port of the same graph,
 ``import/onnx2torch.safetensors`` (its weights, for the per-layer debugger) and
@@ -32,6 +34,7 @@ from pipeline.runners.pytorch import convert_onnx
 from pipeline.stages.importer.dynamic import export_dynamic
 from pipeline.stages.importer import weights_map
 from pipeline.stages.importer.first_run import run_once
+from pipeline.stages.importer.fuse import fuse
 
 
 def _example_args(mdir: ModelDir):
@@ -72,7 +75,7 @@ def export_program(module, args):
 
 def run(mdir: ModelDir, settings: Settings) -> dict:
     """Generate ``model.py`` + ``model.safetensors`` from ``torch.onnx``, export ``model.pt2``
-    from the generated module, and record whether onnx2torch converts the graph too."""
+    from the generated module with its batch norms folded (the inference form), and record whether onnx2torch converts the graph too."""
     clock = StageClock()
     import onnx2torch
     import torch
@@ -109,9 +112,11 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
 
             save_torch({k: v.contiguous() for k, v in o2t.state_dict().items()}, str(d / "onnx2torch.safetensors"))
             del o2t
+        folded = fuse(module, args)   # model.py stays the trainable module; model.pt2 is for inference
+        info["fused"] = folded.to_json()
         try:
             with torch.no_grad(), _quiet():   # the batch and the free dims dynamic, as far as the graph allows
-                program, dynamic = export_dynamic(module, args, meta, read_json(src / "rewrite.json"))
+                program, dynamic = export_dynamic(folded.module, args, meta, read_json(src / "rewrite.json"))
             info.update(dynamic)
             program.example_inputs = None   # torch.save'd otherwise: the archive then holds no pickle
             torch.export.save(program, str(d / "model.pt2"))

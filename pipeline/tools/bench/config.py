@@ -32,6 +32,10 @@ class BenchConfig:
     compile: bool = True
     plain_rss_cap_mb: int = 8000    # plain tf2onnx is killed above this (it grows past 24 GB on VGG16)
     threads: int = 1                # intra-op threads of every candidate; 0: each framework's default
+    train: bool = True              # the training row (train.py): one optimizer step per framework
+    train_batch: int = 32
+    train_warmup: int = 1
+    train_rounds: int = 3           # timed steps per framework (median)
 
 
 def load_config(path: Path) -> BenchConfig:
@@ -41,7 +45,9 @@ def load_config(path: Path) -> BenchConfig:
     rounds = {int(k): int(v) for k, v in b.get("rounds", {"1": 9, "32": 3}).items()}
     return BenchConfig(models=models, batches=tuple(b.get("batches", (1, 32))), rounds=rounds,
                        warmup=int(b.get("warmup", 1)), compile=bool(b.get("compile", True)),
-                       plain_rss_cap_mb=int(b.get("plain_rss_cap_mb", 8000)), threads=int(b.get("threads", 1)))
+                       plain_rss_cap_mb=int(b.get("plain_rss_cap_mb", 8000)), threads=int(b.get("threads", 1)),
+                       train=bool(b.get("train", True)), train_batch=int(b.get("train_batch", 32)),
+                       train_warmup=int(b.get("train_warmup", 1)), train_rounds=int(b.get("train_rounds", 3)))
 
 
 def load_keras(model: str):

@@ -1,9 +1,12 @@
 """Float32 inference latency: every candidate run once per round, in a rotating order (so
 load on the machine hits them alike); medians per candidate and batch size.
 
-The torch candidates are the runners' loaded module (``runners.load``: ``model.pt2``, else
-the generated module), under ``torch.compile`` too, and torchvision's twin, each called
-here under ``torch.inference_mode``. onnxruntime (``OnnxRuntimeRunner`` on ``nchw.onnx``)
+The torch candidates, each called here under ``torch.inference_mode``: ``model.py`` (the
+generated, trainable module in ``eval()``: batch norms as ``KerasBatchNorm*d`` modules),
+``fused`` (the same module with its batch norms folded into the conv/Dense before them,
+``importer.fuse``, eager; only where something folds), ``model.pt2`` (the import stage's
+program of that folded form, ``runners.load``), ``torch.compile`` of ``model.pt2``, and
+torchvision's twin. onnxruntime (``OnnxRuntimeRunner`` on ``nchw.onnx``)
 and Keras (``KerasRunner``: a TensorFlow process of its own, driven in step over a pipe)
 are timed by their runners: ``last_inference_time()``, the backend's call alone (for
 Keras, measured in its process). Every framework gets ``threads`` intra-op threads."""
@@ -18,7 +21,7 @@ import numpy as np
 from pipeline.core.artifacts import ModelDir
 from pipeline.core.errors import PipelineError
 from pipeline.tools.bench.config import REPO, BenchConfig, BenchModel
-from pipeline.tools.bench.inputs import converted_inputs, keras_inputs
+from pipeline.tools.bench.inputs import converted_inputs, keras_inputs, torch_inputs
 from pipeline.tools.bench.twin import torchvision_twin
 
 # the Keras model the export stage exported (its recorded spec and settings)
@@ -40,11 +43,15 @@ def _latency(bm: BenchModel, mdir: ModelDir, cfg: BenchConfig) -> dict:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    from pipeline.stages.importer.fuse import fuse
+
+    trainable = runners.load_generated(mdir)
+    folded = fuse(trainable, tuple(torch_inputs(mdir, 1)))
     module = runners.load(mdir)
-    cands = {"torch": module}
+    cands = {"model.py": trainable, **({"fused": folded.module} if folded.pairs else {}), "model.pt2": module}
     if cfg.compile:
         cands["torch.compile"] = torch.compile(module)
-    extra = {}
+    extra = {"fused": folded.to_json()}
     if bm.torchvision:
         cands["torchvision"], extra["torchvision_agreement"] = torchvision_twin(mdir, bm.torchvision, module)
     # timed by their runners; the same thread count (0: onnxruntime's and TensorFlow's defaults)
