@@ -78,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
                          "that goes wrong, and the step that broke it (runs missing stages first)")
     dbg.add_argument("--bisect", action="store_true",
                      help="cut the first failing layer out of the rewritten ONNX model, with its inputs, for a bug report")
+    tp = sub.add_parser("transplant", parents=[common], help="Keras weights into your own PyTorch module, checked "
+                        "against Keras layer by layer, divergences explained (runs missing stages first)")
+    tp.add_argument("--into", required=True, metavar="FILE.py:NAME",
+                    help="your module: a class or a function returning an nn.Module")
+    tp.add_argument("--init-args", help="its constructor's arguments, JSON: a list (positional) or an object")
+    tp.add_argument("--input-layout", choices=("auto", "channels_first", "channels_last"), default="auto",
+                    help="layout your forward takes (default: the converted model's, then Keras')")
+    tp.add_argument("--fold-flatten", action="store_true",
+                    help="permute the rows of each Dense after a Flatten, for a forward that flattens "
+                         "channels-first data")
     zoo = sub.add_parser("zoo", help="convert every model of a zoo config, each in a watched worker process")
     zoo.add_argument("--config", "-c", default="configs/zoo.toml", help="zoo config (default: configs/zoo.toml)")
     zoo.add_argument("--out", "-o", default="artifacts/zoo", help="output folder (default: artifacts/zoo)")
@@ -283,18 +293,39 @@ def _debug(args, argv: list[str]) -> int:
 
 
 def _debug_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
+    """The stages whose results are missing (``_prepare``); then ``debug.run`` here, into
+    ``<model>/debug/``."""
+    from pipeline.stages import report
+    from pipeline.tools import debug
+
+    rc = _prepare(argv, settings, spec, mdir)
+    if rc is not None:
+        return rc
+    rep = report.write(mdir, settings)
+    layers = debug.run(mdir, settings, bisect=args.bisect)
+    print(debug.table(layers))
+    b = layers.get("bisect")
+    if b and "model" in b:
+        print(f"bisect: layer {b['layer']!r} ({b['stage']}) cut to {b['model']} with inputs and expected output in "
+              f"{b['data']}; {'reproduces the error' if b['reproduces'] else 'does NOT reproduce the error alone'}")
+    elif b:
+        print(f"bisect: {b['skipped']}")
+    print(f"{spec.name}: {layers['status']}  (per-layer report: {debug.folder(mdir) / 'report.html'})")
+    return 0 if rep["status"] == "ok" and layers["status"] == "ok" else 1
+
+
+def _prepare(argv: list[str], settings, spec, mdir: ModelDir) -> int | None:
     """The stages whose results are missing, each in a process of its own (export with
     ``--per-layer``), fingerprinted as ``convert`` does; compare again when a stage's files
     changed since it ran; Keras' layer outputs (``<model>/layers/``) when missing or made for
-    another export; then ``debug.run`` here, into ``<model>/debug/``.
+    another export. None when all is there, else the exit status of the failure.
 
-    Stage results that exist are debugged as they are, never redone (a graph edited by hand
+    Stage results that exist are used as they are, never redone (a graph edited by hand
     stays as it is), so after ``convert`` this writes no stage folder at all."""
     from pipeline.stages import report
     from pipeline.core.artifacts import read_json
     from pipeline.stages import compare
     from pipeline.stages.export import layers as keras_layers
-    from pipeline.tools import debug
 
     env, previous, missing, fresh = runstate.lock_env(mdir), None, False, True
     for stage in STAGES:
@@ -315,7 +346,7 @@ def _debug_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
         elif fresh:
             print(f"== {spec.name}: {stage} (up to date, skipped)", flush=True)
         else:
-            print(f"== {spec.name}: {stage} (changed since it ran: debugged as it is; convert would redo it)",
+            print(f"== {spec.name}: {stage} (changed since it ran: used as it is; convert would redo it)",
                   flush=True)
         if stage == "compare" and not ran:   # its table, as the stage printed it
             print(compare.table(read_json(mdir.stage("compare") / "compare.json")))
@@ -325,17 +356,43 @@ def _debug_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
                 print(f"{spec.name}: failed recording the Keras layers' outputs", file=sys.stderr)
                 return 2
         previous = runstate.outputs_hash(mdir, stage)
-    rep = report.write(mdir, settings)
-    layers = debug.run(mdir, settings, bisect=args.bisect)
-    print(debug.table(layers))
-    b = layers.get("bisect")
-    if b and "model" in b:
-        print(f"bisect: layer {b['layer']!r} ({b['stage']}) cut to {b['model']} with inputs and expected output in "
-              f"{b['data']}; {'reproduces the error' if b['reproduces'] else 'does NOT reproduce the error alone'}")
-    elif b:
-        print(f"bisect: {b['skipped']}")
-    print(f"{spec.name}: {layers['status']}  (per-layer report: {debug.folder(mdir) / 'report.html'})")
-    return 0 if rep["status"] == "ok" and layers["status"] == "ok" else 1
+    return None
+
+
+# transplant's own flags, not passed to the stage processes: (flag, takes a value)
+_TRANSPLANT_FLAGS = {"--into": True, "--init-args": True, "--input-layout": True, "--fold-flatten": False}
+
+
+def _without(argv: list[str], flags: dict) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = flags[a]
+        elif a.split("=", 1)[0] in flags:
+            continue
+        else:
+            out.append(a)
+    return out
+
+
+def _transplant(args, argv: list[str]) -> int:
+    settings, spec, mdir = _model_of(args)
+    with runstate.model_lock(mdir) as owner:
+        if owner:
+            for done in runstate.clean_stale(mdir):
+                print(f"{spec.name}: {done} (left by a killed run)", flush=True)
+        rc = _prepare(_without(argv, _TRANSPLANT_FLAGS), settings, spec, mdir)
+        if rc is not None:
+            return rc
+        from pipeline.tools import transplant
+
+        s = transplant.run(mdir, settings, args.into, args.init_args, args.input_layout, args.fold_flatten)
+    print(transplant.table(s))
+    print(f"{spec.name} into {args.into}: {s['status']}  (state_dict: {transplant.folder(mdir) / 'state_dict.safetensors'}, "
+          f"report: {transplant.folder(mdir) / 'report.html'})")
+    return 0 if s["status"] == "ok" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             return zoo.main(args)
         if args.command == "debug":
             return _debug(args, argv[1:])
+        if args.command == "transplant":
+            return _transplant(args, argv[1:])
         return _stage(args.command, args)
     except PipelineError as e:
         _record_error(args, e.info.to_json() | {"model": e.info.model or _model_name(args)})
