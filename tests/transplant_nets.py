@@ -99,3 +99,14 @@ def vgg16():
     import torchvision
 
     return torchvision.models.vgg16()
+
+
+class SeedExtra(SeedPermute):
+    """SeedPermute with a layer Keras does not have: listed as unmatched, never filled."""
+
+    def __init__(self):
+        super().__init__()
+        self.extra = nn.Linear(1, 1)
+
+    def forward(self, x):
+        return self.extra(super().forward(x))

@@ -6,7 +6,8 @@ A Keras layer may end where the user's module does not (``Conv2D(activation="rel
 is compared with, in turn: the module's output, the outputs of the hook-visible modules
 without weights called after it, and the input of the next paired module (or the model's
 output); it reproduces Keras when one of them is within ``rtol·max|Keras| + atol``
-(``compare_arrays``). Activations are compared as they are produced and not kept
+(``compare_arrays``); the module's output also through the usual activations (``ACTIVATIONS``:
+Keras' ``activation=`` written as ``F.relu`` in ``forward``, which no hook sees). Activations are compared as they are produced and not kept
 (``capture`` keeps one module's inputs, for the diagnosis).
 """
 
@@ -93,7 +94,7 @@ def per_layer(model, feeds: list, pairs: dict, activations, channels_first: bool
     rows: list[dict] = []
     state = {"open": None, "captured": None, "seen": set()}
 
-    def check(row, value, where):
+    def check(row, value, where, only_if_ok=False):
         if row["ok"] or row["layer_key"] not in activations.files:
             return
         ref = activations[row["layer_key"]]
@@ -101,16 +102,20 @@ def per_layer(model, feeds: list, pairs: dict, activations, channels_first: bool
         if got is None:
             return
         r = compare_arrays(ref, got, rtol, atol)
+        if only_if_ok and not r["ok"]:
+            return
         best = row.get("result")
         if best is None or r["ok"] or (r["max_rel_err"] or 0) < (best["max_rel_err"] or 0):
             row["result"], row["where"] = r, where
         row["ok"] = bool(r["ok"])
 
-    def close(value_candidates, where):
+    def close(value_candidates, where, activations_too=False):
         row = state["open"]
         if row is not None:
             for v in value_candidates:
                 check(row, v, where)
+                for act, f in (ACTIVATIONS if activations_too else []):
+                    check(row, f(v), f"{where} + {act}", only_if_ok=True)
 
     def pre(n, args):
         if n == capture and state["captured"] is None:
@@ -124,7 +129,7 @@ def per_layer(model, feeds: list, pairs: dict, activations, channels_first: bool
     def post(n, out):
         if n in pairs and n not in state["seen"]:
             state["seen"].add(n)
-            close(tensors_of(out), n)
+            close(tensors_of(out), n, activations_too=True)
         elif n in leaves and n not in pairs:
             close(tensors_of(out), n)
 
@@ -142,6 +147,19 @@ def per_layer(model, feeds: list, pairs: dict, activations, channels_first: bool
         else:
             row.update(max_abs_err=r["max_abs_err"], max_rel_err=r["max_rel_err"], tolerance=r["tolerance"])
     return out, rows, state["captured"]
+
+
+def _act(name):
+    import torch
+    import torch.nn.functional as F
+
+    return {"relu": F.relu, "relu6": F.relu6, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+            "softmax": lambda v: torch.softmax(v, -1 if v.dim() == 2 else 1)}[name]
+
+
+# a Keras layer's own activation, applied in the user's forward as a function (F.relu(self.conv(x))):
+# the module's output is also compared through each of these
+ACTIVATIONS = [(n, lambda v, n=n: _act(n)(v)) for n in ("relu", "relu6", "sigmoid", "tanh", "softmax")]
 
 
 def first_failing(rows: list[dict]) -> dict | None:

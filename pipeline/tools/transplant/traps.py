@@ -110,10 +110,11 @@ def _padding_patch(c: Context):
         x = args[0]
         nd = x.dim() - 2
         pads = [_same_pads(x.shape[2 + i], m.kernel_size[i], m.stride[i], m.dilation[i]) for i in range(nd)]
-        c.found.update(pads=pads, user_padding=list(m.padding), stride=list(m.stride))
+        c.found.update(pads=pads, stride=list(m.stride))
         flat = [p for pair in reversed(pads) for p in pair]
         return (F.pad(x, flat), *args[1:])
 
+    c.found["user_padding"] = list(m.padding)
     h = m.register_forward_pre_hook(pre)
     try:
         with _attr(m, "padding", (0,) * len(m.padding)):
@@ -140,14 +141,15 @@ def _bn_applies(c: Context) -> bool:
 
 @contextmanager
 def _bn_patch(c: Context):
+    c.found["user_eps"] = c.mod.eps
     with _attr(c.mod, "eps", c.keras_facts["eps"]):
         yield
 
 
 def _bn_msg(c: Context) -> str:
     k = c.keras_facts
-    mom = f", momentum={k['momentum']:g}" if "momentum" in k else ""
-    return (f"{c.module!r} (Keras layer {c.layer!r}) has eps={c.mod.eps:g}, Keras' BatchNormalization eps="
+    mom = f", momentum={1 - k['momentum']:g}" if "momentum" in k else ""
+    return (f"{c.module!r} (Keras layer {c.layer!r}) has eps={c.found['user_eps']:g}, Keras' BatchNormalization eps="
             f"{k['eps']:g}: construct it as nn.{type(c.mod).__name__}(..., eps={k['eps']:g}{mom}) (Keras' "
             f"defaults are eps 1e-3 / momentum 0.99, torch's 1e-5 / 0.1, torch momentum = 1 - Keras momentum)")
 
