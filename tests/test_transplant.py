@@ -83,6 +83,26 @@ def test_seed_parity(out, net, extra):
     assert row["user"] == "fc.weight" and ("row_permutation" in row["transform"]) == bool(extra)
 
 
+@pytest.mark.parametrize("net, extra, rc", [("SeedNoPermute", ["--fold-flatten"], 0), ("SeedPermute", [], 0),
+                                            ("SeedNoPermute", [], 1)], ids=["fold-flatten", "permute", "no-permute"])
+def test_values_from_the_port_when_keras_weights_were_not_kept(out, tmp_path, net, extra, rc):
+    """Over 32 MB the export keeps no keras_weights.npz (VGG16): the port's tensors, the
+    Flatten fold undone unless asked for, give the same state_dict."""
+    import shutil
+
+    test_seed_parity(out, "SeedPermute", []) if not (out / SEED[1] / "import").exists() else None
+    shutil.copytree(out / SEED[1], tmp_path / SEED[1])
+    (tmp_path / SEED[1] / "export" / "keras_weights.npz").unlink()
+    proc, rep, folder = transplant(tmp_path, SEED[0], net, *extra)
+    assert proc.returncode == rc, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((folder / "mapping.json").read_text())["map"]
+    assert all("from_port" in r["transform"] for r in rows), rows
+    if rc == 0:
+        _within(rep)
+    else:
+        assert rep["findings"][0]["trap"] == "flatten_order"
+
+
 def test_unmatched_module_listed_with_shapes(out):
     proc, rep, _ = transplant(out, SEED[0], "SeedExtra")
     assert proc.returncode == 1
