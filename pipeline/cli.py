@@ -78,16 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                          "that goes wrong, and the step that broke it (runs missing stages first)")
     dbg.add_argument("--bisect", action="store_true",
                      help="cut the first failing layer out of the rewritten ONNX model, with its inputs, for a bug report")
-    tp = sub.add_parser("transplant", parents=[common], help="Keras weights into your own PyTorch module, checked "
-                        "against Keras layer by layer, divergences explained (runs missing stages first)")
-    tp.add_argument("--into", required=True, metavar="FILE.py:NAME",
-                    help="your module: a class or a function returning an nn.Module")
-    tp.add_argument("--init-args", help="its constructor's arguments, JSON: a list (positional) or an object")
-    tp.add_argument("--input-layout", choices=("auto", "channels_first", "channels_last"), default="auto",
-                    help="layout your forward takes (default: the converted model's, then Keras')")
-    tp.add_argument("--fold-flatten", action="store_true",
-                    help="permute the rows of each Dense after a Flatten, for a forward that flattens "
-                         "channels-first data")
+    from pipeline.tools.transplant.command import add_parser as add_transplant
+
+    add_transplant(sub, common)
     zoo = sub.add_parser("zoo", help="convert every model of a zoo config, each in a watched worker process")
     zoo.add_argument("--config", "-c", default="configs/zoo.toml", help="zoo config (default: configs/zoo.toml)")
     zoo.add_argument("--out", "-o", default="artifacts/zoo", help="output folder (default: artifacts/zoo)")
@@ -359,42 +352,6 @@ def _prepare(argv: list[str], settings, spec, mdir: ModelDir) -> int | None:
     return None
 
 
-# transplant's own flags, not passed to the stage processes: (flag, takes a value)
-_TRANSPLANT_FLAGS = {"--into": True, "--init-args": True, "--input-layout": True, "--fold-flatten": False}
-
-
-def _without(argv: list[str], flags: dict) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a in flags:
-            skip = flags[a]
-        elif a.split("=", 1)[0] in flags:
-            continue
-        else:
-            out.append(a)
-    return out
-
-
-def _transplant(args, argv: list[str]) -> int:
-    settings, spec, mdir = _model_of(args)
-    with runstate.model_lock(mdir) as owner:
-        if owner:
-            for done in runstate.clean_stale(mdir):
-                print(f"{spec.name}: {done} (left by a killed run)", flush=True)
-        rc = _prepare(_without(argv, _TRANSPLANT_FLAGS), settings, spec, mdir)
-        if rc is not None:
-            return rc
-        from pipeline.tools import transplant
-
-        s = transplant.run(mdir, settings, args.into, args.init_args, args.input_layout, args.fold_flatten)
-    print(transplant.table(s))
-    print(f"{spec.name} into {args.into}: {s['status']}  (state_dict: {transplant.folder(mdir) / 'state_dict.safetensors'}, "
-          f"report: {transplant.folder(mdir) / 'report.html'})")
-    return 0 if s["status"] == "ok" else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -412,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "debug":
             return _debug(args, argv[1:])
         if args.command == "transplant":
-            return _transplant(args, argv[1:])
+            from pipeline.tools.transplant.command import main as transplant
+
+            return transplant(args, argv[1:], _model_of, _prepare)
         return _stage(args.command, args)
     except PipelineError as e:
         _record_error(args, e.info.to_json() | {"model": e.info.model or _model_name(args)})
