@@ -13,7 +13,7 @@ ARG_MODEL  := $(if $(MODEL),--model '$(MODEL)')
 ARG_CONFIG := $(if $(CONFIG),--config '$(CONFIG)')
 STAGE_ARGS  = $(ARG_MODEL) $(ARG_CONFIG) --out '$(OUT)' $(ARGS)
 
-.PHONY: venv convert export rewrite import compare zoo debug trainable-check bench test fuzz clean
+.PHONY: venv convert export rewrite import compare zoo debug trainable-check transplant bench test fuzz clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,10 @@ debug: $(STAMP)
 trainable-check: $(STAMP)
 	$(PY) -m pipeline convert $(STAGE_ARGS) || [ $$? -eq 1 ]
 	$(PY) -m pipeline trainable-check $(STAGE_ARGS)
+# Keras weights into your own module: make transplant MODEL=... INTO=path/net.py:MyNet [ARGS="--init-args '[...]'"]
+INTO ?=
+transplant: $(STAMP)
+	$(PY) -m pipeline transplant $(STAGE_ARGS) --into '$(INTO)'
 # converted models vs Keras/TF, onnxruntime, torchvision; conversion cost vs plain tf2onnx
 bench: $(STAMP)
 	$(PY) -m pipeline.tools.bench --out '$(OUT)/bench' $(ARGS)

@@ -78,9 +78,11 @@ def _parser() -> argparse.ArgumentParser:
                          "that goes wrong, and the step that broke it (runs missing stages first)")
     dbg.add_argument("--bisect", action="store_true",
                      help="cut the first failing layer out of the rewritten ONNX model, with its inputs, for a bug report")
-    sub.add_parser("trainable-check", parents=[common], help="the port trains as Keras does: train-mode outputs, "
-                   "moving statistics, gradients, 10 SGD steps, dropout rates (on a converted model; "
-                   "writes <model>/training/)")
+    from pipeline.tools.training import command as training_command
+    from pipeline.tools.transplant import command as transplant_command
+
+    for command in (training_command, transplant_command):   # tools with flags of their own
+        command.add_parser(sub, common)
     zoo = sub.add_parser("zoo", help="convert every model of a zoo config, each in a watched worker process")
     zoo.add_argument("--config", "-c", default="configs/zoo.toml", help="zoo config (default: configs/zoo.toml)")
     zoo.add_argument("--out", "-o", default="artifacts/zoo", help="output folder (default: artifacts/zoo)")
@@ -290,18 +292,39 @@ def _debug(args, argv: list[str]) -> int:
 
 
 def _debug_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
+    """The stages whose results are missing (``_prepare``); then ``debug.run`` here, into
+    ``<model>/debug/``."""
+    from pipeline.stages import report
+    from pipeline.tools import debug
+
+    rc = _prepare(argv, settings, spec, mdir)
+    if rc is not None:
+        return rc
+    rep = report.write(mdir, settings)
+    layers = debug.run(mdir, settings, bisect=args.bisect)
+    print(debug.table(layers))
+    b = layers.get("bisect")
+    if b and "model" in b:
+        print(f"bisect: layer {b['layer']!r} ({b['stage']}) cut to {b['model']} with inputs and expected output in "
+              f"{b['data']}; {'reproduces the error' if b['reproduces'] else 'does NOT reproduce the error alone'}")
+    elif b:
+        print(f"bisect: {b['skipped']}")
+    print(f"{spec.name}: {layers['status']}  (per-layer report: {debug.folder(mdir) / 'report.html'})")
+    return 0 if rep["status"] == "ok" and layers["status"] == "ok" else 1
+
+
+def _prepare(argv: list[str], settings, spec, mdir: ModelDir) -> int | None:
     """The stages whose results are missing, each in a process of its own (export with
     ``--per-layer``), fingerprinted as ``convert`` does; compare again when a stage's files
     changed since it ran; Keras' layer outputs (``<model>/layers/``) when missing or made for
-    another export; then ``debug.run`` here, into ``<model>/debug/``.
+    another export. None when all is there, else the exit status of the failure.
 
-    Stage results that exist are debugged as they are, never redone (a graph edited by hand
+    Stage results that exist are used as they are, never redone (a graph edited by hand
     stays as it is), so after ``convert`` this writes no stage folder at all."""
     from pipeline.stages import report
     from pipeline.core.artifacts import read_json
     from pipeline.stages import compare
     from pipeline.stages.export import layers as keras_layers
-    from pipeline.tools import debug
 
     env, previous, missing, fresh = runstate.lock_env(mdir), None, False, True
     for stage in STAGES:
@@ -322,7 +345,7 @@ def _debug_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
         elif fresh:
             print(f"== {spec.name}: {stage} (up to date, skipped)", flush=True)
         else:
-            print(f"== {spec.name}: {stage} (changed since it ran: debugged as it is; convert would redo it)",
+            print(f"== {spec.name}: {stage} (changed since it ran: used as it is; convert would redo it)",
                   flush=True)
         if stage == "compare" and not ran:   # its table, as the stage printed it
             print(compare.table(read_json(mdir.stage("compare") / "compare.json")))
@@ -332,38 +355,7 @@ def _debug_locked(args, argv: list[str], settings, spec, mdir: ModelDir) -> int:
                 print(f"{spec.name}: failed recording the Keras layers' outputs", file=sys.stderr)
                 return 2
         previous = runstate.outputs_hash(mdir, stage)
-    rep = report.write(mdir, settings)
-    layers = debug.run(mdir, settings, bisect=args.bisect)
-    print(debug.table(layers))
-    b = layers.get("bisect")
-    if b and "model" in b:
-        print(f"bisect: layer {b['layer']!r} ({b['stage']}) cut to {b['model']} with inputs and expected output in "
-              f"{b['data']}; {'reproduces the error' if b['reproduces'] else 'does NOT reproduce the error alone'}")
-    elif b:
-        print(f"bisect: {b['skipped']}")
-    print(f"{spec.name}: {layers['status']}  (per-layer report: {debug.folder(mdir) / 'report.html'})")
-    return 0 if rep["status"] == "ok" and layers["status"] == "ok" else 1
-
-
-def _trainable_check(args) -> int:
-    """``tools.training`` on a converted model; a failure of the check is written to
-    ``<model>/training/`` (the conversion's own status and error.json stay as they are)."""
-    from pipeline.stages import report
-    from pipeline.tools import training
-
-    settings, spec, mdir = _model_of(args)
-    with runstate.model_lock(mdir):
-        try:
-            summary = training.run(mdir, settings)
-        except PipelineError as e:
-            training.write_failure(mdir, e)
-            report.write(mdir, settings)
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(training.table(summary))
-        report.write(mdir, settings)
-    print(f"{spec.name}: training check {summary['status']}  ({training.folder(mdir) / 'training.json'})")
-    return 0 if summary["status"] in ("ok", "skipped") else 1
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -383,7 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "debug":
             return _debug(args, argv[1:])
         if args.command == "trainable-check":
-            return _trainable_check(args)
+            from pipeline.tools.training.command import main as trainable_check
+            return trainable_check(args, _model_of)
+        if args.command == "transplant":
+            from pipeline.tools.transplant.command import main as transplant
+
+            return transplant(args, argv[1:], _model_of, _prepare)
         return _stage(args.command, args)
     except PipelineError as e:
         _record_error(args, e.info.to_json() | {"model": e.info.model or _model_name(args)})

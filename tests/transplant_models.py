@@ -1,0 +1,58 @@
+"""Keras models for ``test_transplant.py`` (``MODEL=tests/transplant_models.py:NAME``), with
+perturbed weights (``models.perturb``: biases, batch-norm statistics, gamma and beta) so that
+a wrong bias, epsilon or statistic changes the numbers."""
+
+import sys
+from pathlib import Path
+
+import keras
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))   # loaded by file path from the export stage
+from models import perturb  # noqa: E402
+
+L = keras.layers
+
+
+def lstm_text():
+    keras.utils.set_random_seed(5)
+    x = keras.Input((12,), dtype="int32", name="ids")
+    y = L.Embedding(50, 8, name="emb")(x)
+    y = L.LSTM(16, name="lstm")(y)
+    return perturb(keras.Model(x, L.Dense(3, name="fc")(y), name="lstm_text"))
+
+
+def resnet_block():
+    keras.utils.set_random_seed(5)
+    x = keras.Input((8, 8, 3), name="x")
+    y = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(x)
+    y = L.BatchNormalization(name="bn1")(y)
+    y = L.ReLU(name="relu1")(y)
+    y = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv2")(y)
+    y = L.BatchNormalization(name="bn2")(y)
+    s = L.Conv2D(8, 1, name="short")(x)
+    y = L.ReLU(name="relu2")(L.Add(name="add")([y, s]))
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    return perturb(keras.Model(x, L.Dense(4, name="fc")(y), name="resnet_block"))
+
+
+def _gru(reset_after):
+    keras.utils.set_random_seed(5)
+    x = keras.Input((10, 4), name="x")
+    y = L.GRU(6, reset_after=reset_after, name="gru")(x)
+    return perturb(keras.Model(x, L.Dense(2, name="fc")(y), name=f"gru_reset_{'after' if reset_after else 'before'}"))
+
+
+def gru_reset_before():
+    return _gru(False)
+
+
+def gru_reset_after():
+    return _gru(True)
+
+
+def strided_same():
+    keras.utils.set_random_seed(5)
+    x = keras.Input((16, 16, 3), name="x")
+    y = L.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="conv")(x)
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    return perturb(keras.Model(x, L.Dense(2, name="fc")(y), name="strided_same"))
