@@ -7,6 +7,7 @@ that TensorFlow (export) and torch (import, compare) never share a process.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,9 @@ from pipeline.core.artifacts import ModelDir, write_json
 from pipeline.core.config import load_settings, parse_ranges, parse_shape
 from pipeline.core.errors import PipelineError
 from pipeline.core.spec import resolve
+
+# tools with a command of their own: add_parser(sub, common), main(args, argv, model_of, prepare)
+TOOL_COMMANDS = {"trainable-check": "pipeline.tools.training.command", "transplant": "pipeline.tools.transplant.command"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,11 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                          "that goes wrong, and the step that broke it (runs missing stages first)")
     dbg.add_argument("--bisect", action="store_true",
                      help="cut the first failing layer out of the rewritten ONNX model, with its inputs, for a bug report")
-    from pipeline.tools.training import command as training_command
-    from pipeline.tools.transplant import command as transplant_command
-
-    for command in (training_command, transplant_command):   # tools with flags of their own
-        command.add_parser(sub, common)
+    for module in TOOL_COMMANDS.values():   # tools with a command module of their own
+        importlib.import_module(module).add_parser(sub, common)
     zoo = sub.add_parser("zoo", help="convert every model of a zoo config, each in a watched worker process")
     zoo.add_argument("--config", "-c", default="configs/zoo.toml", help="zoo config (default: configs/zoo.toml)")
     zoo.add_argument("--out", "-o", default="artifacts/zoo", help="output folder (default: artifacts/zoo)")
@@ -374,13 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             return zoo.main(args)
         if args.command == "debug":
             return _debug(args, argv[1:])
-        if args.command == "trainable-check":
-            from pipeline.tools.training.command import main as trainable_check
-            return trainable_check(args, _model_of)
-        if args.command == "transplant":
-            from pipeline.tools.transplant.command import main as transplant
-
-            return transplant(args, argv[1:], _model_of, _prepare)
+        if args.command in TOOL_COMMANDS:
+            return importlib.import_module(TOOL_COMMANDS[args.command]).main(args, argv[1:], _model_of, _prepare)
         return _stage(args.command, args)
     except PipelineError as e:
         _record_error(args, e.info.to_json() | {"model": e.info.model or _model_name(args)})

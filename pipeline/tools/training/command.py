@@ -1,5 +1,6 @@
 """``python -m pipeline trainable-check``: its parser entry and its command, on the command
-line's own ``_model_of`` (handed in, so that this package does not import ``cli``)."""
+line's own ``_model_of`` (handed in, so that this package does not import ``cli``; the
+stages must have run: ``make trainable-check`` converts first)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def add_parser(sub, common) -> None:
                    "make trainable-check converts first; writes <model>/training/)")
 
 
-def main(args, model_of) -> int:
+def main(args, argv: list[str], model_of, prepare=None) -> int:
     """0 when the port passes the five checks (or the model has nothing to train), 1 when
     one fails, 2 when the check cannot run; its failure goes to ``<model>/training/`` (the
     conversion's own status and error.json stay as they are)."""
