@@ -60,7 +60,7 @@ def vit():
 
 def resnet():
     m = _hub()
-    return _done(m.ResNetBackbone(input_conv_filters=[16], input_conv_kernel_sizes=[7],
+    return _done(m.ResNetBackbone(input_conv_filters=[64], input_conv_kernel_sizes=[7],
                                   stackwise_num_filters=[64, 32], stackwise_num_blocks=[1, 2],
                                   stackwise_num_strides=[1, 2], block_type="basic_block",
                                   image_shape=(32, 32, 3)), "resnet")

@@ -116,6 +116,34 @@ def layer_range(layer) -> tuple[int, int] | None:
     return None
 
 
+def _fed_by(model, k: int) -> list:
+    """The layers that read model input ``k`` directly."""
+    inputs = list(getattr(model, "inputs", None) or []) if not isinstance(model, SavedModelSignature) else []
+    out = []
+    for layer in getattr(model, "layers", []) if k < len(inputs) else []:
+        for node in getattr(layer, "_inbound_nodes", []):
+            if any(t is inputs[k] for t in getattr(node, "input_tensors", [])) and layer not in out:
+                out.append(layer)
+    return out
+
+
+def check_no_string_inputs(specs, model, name: str) -> None:
+    """A string input has no torch tensor (and tf2onnx cannot export the lookup tables that read
+    strings): stop naming the input and the layer that reads it (a StringLookup, a
+    TextVectorization), with what to do instead."""
+    for k, (tname, _, dtype) in enumerate(specs):
+        if np.dtype(dtype).kind not in "OSU":
+            continue
+        readers = [l for l in _fed_by(model, k) if type(l).__name__ != "InputLayer"]
+        said = ", ".join(f"{l.name!r} ({type(l).__name__})" for l in readers) or "no layer found"
+        raise PipelineError("export", f"input {tname!r} takes strings, which have no torch tensor (read by {said}); "
+                            "a port can only take numbers", model=name,
+                            layer=readers[0].name if readers else tname, kind="string-input",
+                            hint="keep the lookup outside the model: map the strings to integers before it "
+                                 "(e.g. the StringLookup in a tf.data pipeline or a Python dict) and convert the "
+                                 "model from the lookup's integer output on")
+
+
 def input_ranges(specs, model, settings: Settings) -> dict:
     """{integer input: [lo, hi)}: ``--input-range``/``input_ranges`` where given, else the
     range of the layers the input feeds directly (the narrowest), else ``[0, 2)`` for a mask
