@@ -17,9 +17,12 @@ STAGE_ARGS  = $(ARG_MODEL) $(ARG_CONFIG) --out '$(OUT)' $(ARGS)
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# requirements-hub.txt: the hub extra (keras_hub backbones), --no-deps: keras-hub's
+# tensorflow-text is not needed by its backbones (about 8 s to install)
+$(STAMP): requirements.txt requirements-hub.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-hub.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -57,6 +57,17 @@ def test_unexportable_layer_is_named(tmp_path, name, layer):
     assert err["stage"] == "export" and err["layer"] == layer, err
 
 
+def test_string_input_is_named_with_a_hint(tmp_path):
+    """A StringLookup on a string input: strings have no torch tensor; export stops before
+    drawing inputs, naming the input and the layer that reads it, with what to do instead."""
+    proc = cli("convert", "--model", f"{BUILDERS}:string_lookup", "--out", tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = report(tmp_path, "string_lookup")["error"]
+    assert err["stage"] == "export" and err["layer"] == "string_lookup" and err["kind"] == "string-input", err
+    assert "'word'" in err["message"] and "StringLookup" in err["message"], err
+    assert "outside the model" in err["hint"], err
+
+
 def test_random_layer_converts_and_its_output_is_left_out(tmp_path):
     """A VAE encoder whose Sampling layer draws keras.random.normal at inference: z_mean and
     z_log_var match Keras (rtol 1e-5 of scale + 1e-6) in model.py and model.pt2; z is left out of

@@ -198,9 +198,10 @@ class Gen:
             if arr.ndim == 0 and arr.dtype.kind == "f" and arr.dtype == np.float32:
                 return f"torch.tensor({float(arr)!r})"
             return self.buffer(arr, hint)
+        cast = ".bool()" if v.boolean else ""
         if v.scalar:
-            return f"torch.tensor({pyexpr(v.items[0])})"
-        return f"torch.tensor({shape_list(v.items)})"
+            return f"torch.tensor({pyexpr(v.items[0])}){cast}"
+        return f"torch.tensor({shape_list(v.items)}){cast}"
 
     def shape_items(self, name: str) -> list | None:
         """Entries of an int vector known at generation time (ints or expressions)."""
@@ -239,7 +240,7 @@ class Gen:
     def set_tensor(self, name: str, expr: str) -> None:
         self.values[name] = Tensor(expr, self.dtypes.get(name))
 
-    def set_shape(self, node, items: list, scalar: bool = False, out: int = 0) -> None:
+    def set_shape(self, node, items: list, scalar: bool = False, out: int = 0, boolean: bool = False) -> None:
         """Output ``out`` of ``node`` is a shape value (no code); a constant when every entry
         is a static int, so that the nodes it feeds fold (``fold``)."""
         name = node.output[out]
@@ -247,7 +248,7 @@ class Gen:
             arr = np.array([int(i) for i in items], dtype=self.dtypes.get(name) or "int64")
             self.values[name] = Const(arr.reshape(()) if scalar else arr)
             return
-        self.values[name] = Shape(items, scalar)
+        self.values[name] = Shape(items, scalar, boolean)
 
     def helper(self, name: str, source: str) -> None:
         """Put ``source`` (a class or table named ``name``) at module level in ``model.py``, once."""

@@ -23,9 +23,11 @@ class Const:
 
 @dataclass
 class Shape:
-    """An int64 vector (or scalar) whose entries are Python int expressions."""
+    """An int64 vector (or scalar) whose entries are Python int expressions; ``boolean``:
+    a comparison's 0/1 entries, a bool tensor where it becomes one."""
     items: list
     scalar: bool = False
+    boolean: bool = False
 
 
 @dataclass

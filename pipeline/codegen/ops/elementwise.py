@@ -1,16 +1,18 @@
 """Element-wise ops and activations: binary and unary math, comparisons, logic, variadic
 Min/Max/Sum/Mean, activations with parameters, Clip, Where, Cast, Softmax/LogSoftmax.
 
-Add/Sub/Mul/Div, Neg/Abs, Min/Max, Cast and Identity on shape values give shape values
+Add/Sub/Mul/Div, comparisons, Neg/Abs, Min/Max, Cast and Identity on shape values give shape values
 (``x.shape[0] * 4``), so shapes computed in the graph stay Python ints in ``forward``.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from pipeline.codegen.gen import TORCH_DTYPE, Gen, Unsupported, attrs
-from pipeline.codegen.values import Tensor, any_shape, as_shape, broadcast, pyexpr, shape_like, sym
+from pipeline.codegen.values import Shape, Tensor, any_shape, as_shape, broadcast, pyexpr, shape_like, sym
 from pipeline.core.registry import handles
 
 BINARY = {"Add": "{0} + {1}", "Sub": "{0} - {1}", "Mul": "{0} * {1}", "Div": "{0} / {1}",
@@ -49,8 +51,30 @@ def _operands(gen: Gen, node) -> tuple[str, str]:
     return a, b
 
 
+_COMPARE = {"Equal": "==", "Less": "<", "Greater": ">", "LessOrEqual": "<=", "GreaterOrEqual": ">="}
+_DIM = re.compile(r"^[A-Za-z_]\w*\.shape\[\d+\]$")
+
+
+def _compare(op: str, a, b):
+    """``int(a op b)`` on ints (evaluated) or int expressions; a dimension (``x.shape[1]``) is
+    never negative, so ``dim == -1`` is 0 (tf2onnx's test for ``tf.slice``'s size -1)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return int(eval(f"{a} {op} {b}"))   # noqa: S307  (two ints and a comparison)
+    if op == "==" and any(isinstance(v, int) and v < 0 for v in (a, b)) and \
+            any(isinstance(v, str) and _DIM.match(v) for v in (a, b)):
+        return 0
+    return f"int({pyexpr(a)} {op} {pyexpr(b)})"
+
+
 @handles(*(op for op in BINARY if op not in _ARITH))
 def binary(gen: Gen, node):
+    """Comparisons of shape values: a shape value of 0/1 ints (cast to an int type, as
+    tf2onnx's slice-end arithmetic does)."""
+    if node.op_type in _COMPARE and any_shape(gen.values, node) and all(shape_like(gen.values, i) for i in node.input):
+        a, b = as_shape(gen.values, node.input[0]), as_shape(gen.values, node.input[1])
+        items = [_compare(_COMPARE[node.op_type], x, y) for x, y in zip(*broadcast([a, b]))]
+        gen.set_shape(node, items, scalar=a.scalar and b.scalar, boolean=True)
+        return
     gen.emit(node, BINARY[node.op_type].format(*_operands(gen, node)))
 
 
@@ -132,7 +156,11 @@ def cast(gen: Gen, node):
     """A shape value cast to an int type stays a shape value."""
     to = attrs(node)["to"]
     if any_shape(gen.values, node) and to in _INT_TYPES:
-        gen.alias(node, node.input[0])
+        v = gen.values[node.input[0]]
+        if isinstance(v, Shape) and v.boolean:   # a comparison's 0/1 as ints
+            gen.set_shape(node, v.items, scalar=v.scalar)
+        else:
+            gen.alias(node, node.input[0])
         return
     import onnx
 

@@ -214,16 +214,31 @@ def split_v1(gen: Gen, node):
     _split(gen, node, attrs(node).get("split"))
 
 
+def _bounds(gen: Gen, node, i: int) -> list:
+    """Slice input ``i`` (starts or ends): constant ints, or the entries of a shape value
+    computed from dynamic dims (``x.shape[1] + 1``: a position embedding cut to the sequence
+    length); anything else is Unsupported."""
+    try:
+        return gen.ints(node, i)
+    except Unsupported:
+        v = gen.values.get(node.input[i])
+        if isinstance(v, Shape):
+            return list(v.items)
+        raise
+
+
 @handles("Slice", opsets=(10, None))
 def slice_(gen: Gen, node):
-    """Starts, ends, axes and steps as constant inputs; a negative step only as a full
-    reversal (``torch.flip``). A slice of a shape value is a shape value."""
-    starts, ends = gen.ints(node, 1), gen.ints(node, 2)
+    """Starts and ends as constant inputs or shape values (int expressions of dynamic dims),
+    axes and steps as constant inputs; a negative step only as a full reversal
+    (``torch.flip``). A slice of a shape value is a shape value."""
     if any_shape(gen.values, node) and shape_like(gen.values, node.input[0]):
+        starts, ends = gen.ints(node, 1), gen.ints(node, 2)
         s = as_shape(gen.values, node.input[0])
         steps = gen.ints(node, 4) or [1]
         gen.set_shape(node, s.items[slice(starts[0], min(ends[0], 2**31), steps[0])])
         return
+    starts, ends = _bounds(gen, node, 1), _bounds(gen, node, 2)
     r = gen.rank(node.input[0])
     axes = gen.ints(node, 3) or list(range(len(starts)))
     steps = gen.ints(node, 4) or [1] * len(starts)
@@ -231,6 +246,11 @@ def slice_(gen: Gen, node):
     flips = []
     for s, e, ax, st in zip(starts, ends, axes, steps):
         ax %= r
+        if not (isinstance(s, int) and isinstance(e, int)):   # a bound computed from dims
+            if st < 0:
+                raise Unsupported("a negative-step Slice with bounds computed from dims")
+            idx[ax] = f"{'' if s == 0 else pyexpr(s)}:{'' if e == 2**63 - 1 else pyexpr(e)}" + (f":{st}" if st != 1 else "")
+            continue
         if st < 0:
             if s < -(2**31) or e > 2**31 or st != -1 or s not in (-1, 2**63 - 1) or e > -(2**31):
                 raise Unsupported("a negative-step Slice other than a full reversal")

@@ -37,7 +37,7 @@ from pipeline.stages.export.randomness import random_outputs, stateful_draws
 from pipeline.stages.export.recurrent import may_unroll, unroll_if_loop
 from pipeline.stages.export.stubs import STUB_OP, replace_stubs, stubbed
 from pipeline.core.reference import flatten_outputs
-from pipeline.stages.export.reference import (TF_NAME, vocab_size, fixed_dims, free_dims, input_ranges, input_specs,
+from pipeline.stages.export.reference import (TF_NAME, check_no_string_inputs, vocab_size, fixed_dims, free_dims, input_ranges, input_specs,
                                               output_names, reference_inputs, reference_shapes)
 from pipeline.stages.export.savedmodel import SavedModelSignature
 from pipeline.stages.export.tf2onnx_path import (HOLD_OUT_BYTES, TF2ONNX_PASSES, check_converted, convert_frozen,
@@ -68,6 +68,7 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
     if not isinstance(model, SavedModelSignature):
         model, nested = inline_nested(model)   # a nested base's layers become the model's own
     specs = input_specs(model, settings, spec.name)   # free dims (None) stay symbolic in the signature
+    check_no_string_inputs(specs, model, spec.name)
     shapes = reference_shapes(specs, settings, spec.name)
     signature = [tf.TensorSpec(shape, tf.as_dtype(dtype), name=n) for n, shape, dtype in specs]
     fixed_signature = [tf.TensorSpec(shapes[n], tf.as_dtype(dtype), name=n) for n, _, dtype in specs]

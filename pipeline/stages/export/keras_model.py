@@ -35,12 +35,14 @@ def load_model(spec: ModelSpec, settings: Settings):
     """The Keras (or tf.keras) model, or a SavedModel signature, named by ``spec``; with
     ``settings.calibrate_batchnorm``, its batch norms' statistics set from the reference
     inputs (the same every time: seeded)."""
-    from pipeline.stages.export.reference import input_specs, reference_inputs
+    from pipeline.stages.export.reference import check_no_string_inputs, input_specs, reference_inputs
 
     tfenv.import_tf()
     model = _load_model(spec, settings)
     if settings.calibrate_batchnorm and not isinstance(model, SavedModelSignature):
-        calibrate_batchnorm(model, reference_inputs(input_specs(model, settings, spec.name), model, settings))
+        specs = input_specs(model, settings, spec.name)
+        check_no_string_inputs(specs, model, spec.name)
+        calibrate_batchnorm(model, reference_inputs(specs, model, settings))
     return model
 
 

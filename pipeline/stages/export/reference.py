@@ -87,18 +87,23 @@ def reference_shapes(specs, settings: Settings, name: str) -> dict:
     return out
 
 
+def _is_embedding(layer) -> bool:
+    """An Embedding or a subclass of one (keras_hub's ``ReversibleEmbedding``)."""
+    return any(c.__name__ == "Embedding" for c in type(layer).__mro__)
+
+
 def vocab_size(model) -> int:
-    sizes = [getattr(l, "input_dim", None) for l in getattr(model, "layers", [])
-             if type(l).__name__ == "Embedding"]
+    sizes = [getattr(l, "input_dim", None) for l in getattr(model, "layers", []) if _is_embedding(l)]
     sizes = [s for s in sizes if s]
     return min(sizes) if sizes else 10
 
 
 def layer_range(layer) -> tuple[int, int] | None:
-    """``[lo, hi)``: the integers ``layer`` can take as input (an Embedding's ``input_dim``,
-    a CategoryEncoding's ``num_tokens``, the span of an IntegerLookup's vocabulary), else None."""
+    """``[lo, hi)``: the integers ``layer`` can take as input (an Embedding's or a subclass'
+    ``input_dim``, a CategoryEncoding's ``num_tokens``, the span of an IntegerLookup's
+    vocabulary), else None."""
     kind = type(layer).__name__
-    if kind == "Embedding" and getattr(layer, "input_dim", None):
+    if _is_embedding(layer) and getattr(layer, "input_dim", None):
         return 0, int(layer.input_dim)
     if kind == "CategoryEncoding" and getattr(layer, "num_tokens", None):
         return 0, int(layer.num_tokens)
@@ -111,9 +116,38 @@ def layer_range(layer) -> tuple[int, int] | None:
     return None
 
 
+def _fed_by(model, k: int) -> list:
+    """The layers that read model input ``k`` directly."""
+    inputs = list(getattr(model, "inputs", None) or []) if not isinstance(model, SavedModelSignature) else []
+    out = []
+    for layer in getattr(model, "layers", []) if k < len(inputs) else []:
+        for node in getattr(layer, "_inbound_nodes", []):
+            if any(t is inputs[k] for t in getattr(node, "input_tensors", [])) and layer not in out:
+                out.append(layer)
+    return out
+
+
+def check_no_string_inputs(specs, model, name: str) -> None:
+    """A string input has no torch tensor (and tf2onnx cannot export the lookup tables that read
+    strings): stop naming the input and the layer that reads it (a StringLookup, a
+    TextVectorization), with what to do instead."""
+    for k, (tname, _, dtype) in enumerate(specs):
+        if np.dtype(dtype).kind not in "OSU":
+            continue
+        readers = [l for l in _fed_by(model, k) if type(l).__name__ != "InputLayer"]
+        said = ", ".join(f"{l.name!r} ({type(l).__name__})" for l in readers) or "no layer found"
+        raise PipelineError("export", f"input {tname!r} takes strings, which have no torch tensor (read by {said}); "
+                            "a port can only take numbers", model=name,
+                            layer=readers[0].name if readers else tname, kind="string-input",
+                            hint="keep the lookup outside the model: map the strings to integers before it "
+                                 "(e.g. the StringLookup in a tf.data pipeline or a Python dict) and convert the "
+                                 "model from the lookup's integer output on")
+
+
 def input_ranges(specs, model, settings: Settings) -> dict:
     """{integer input: [lo, hi)}: ``--input-range``/``input_ranges`` where given, else the
-    range of the layers the input feeds directly (the narrowest), else ``[0, vocab_size)``."""
+    range of the layers the input feeds directly (the narrowest), else ``[0, 2)`` for a mask
+    (an input named ``*mask*``: keras_hub's ``padding_mask``), else ``[0, vocab_size)``."""
     given = {k: [int(v) for v in r] for k, r in settings.input_ranges.items()}
     default = given.get("*", [0, vocab_size(model)])
     feeds: dict[int, list] = {}
@@ -133,6 +167,8 @@ def input_ranges(specs, model, settings: Settings) -> dict:
             out[tname] = given[tname]
         elif k in feeds:
             out[tname] = [max(r[0] for r in feeds[k]), min(r[1] for r in feeds[k])]
+        elif "*" not in given and "mask" in tname.lower():
+            out[tname] = [0, 2]
         else:
             out[tname] = default
         if out[tname][1] <= out[tname][0]:
