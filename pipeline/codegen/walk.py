@@ -11,6 +11,7 @@ from typing import NamedTuple
 from pipeline.codegen.fold import fold
 from pipeline.codegen.fusions import DOMAIN, fuse_bincount, fuse_dense_bias
 from pipeline.codegen.gen import Gen, Unsupported
+from pipeline.codegen.liveness import reuse_names
 from pipeline.codegen.ops import CONVERTERS
 from pipeline.codegen.render import render
 from pipeline.codegen.values import Const, Tensor
@@ -76,10 +77,11 @@ def generate(proto, model_name: str, keras_layers: list[dict] | None = None, cla
                 origin = LineOrigin(node.name, node.op_type, gen.layer_of(node), where)
                 origins.update(dict.fromkeys(range(start, len(gen.lines)), origin))
     outputs = [gen.t(o.name, hint=f"{o.name}_const") for o in proto.graph.output]
-    src, first = render(gen.init_lines, gen.lines, class_name, arg_names, outputs, model_name, gen.helpers,
+    lines, outputs, index = reuse_names(gen.lines, outputs, gen.var_kinds)   # index: new line -> line of gen.lines
+    src, first = render(gen.init_lines, lines, class_name, arg_names, outputs, model_name, gen.helpers,
                         gen.reg_terms)
     return Generated(src, gen.state, gen.modules, inputs, [o.name for o in proto.graph.output],
-                     {first + i: o for i, o in origins.items()}, gen.sources, gen.added_bias)
+                     {first + k: origins[i] for k, i in enumerate(index) if i in origins}, gen.sources, gen.added_bias)
 
 
 def _convert(gen: Gen, converters: Registry, node):
