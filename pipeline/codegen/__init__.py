@@ -20,8 +20,14 @@ For each node, the walk (``walk``) does two things, in order:
    or, for an op on shape values, stores a shape value. A missing converter stops with a
    ``PipelineError`` naming the node, op type, opset and Keras layer.
 
+Once every node is converted, ``liveness`` renames the variables of ``forward`` so that a
+name is reused once its value is dead (``x = F.relu(x)``; a skip connection keeps a second
+name) and deletes a value whose name is not bound again: eager PyTorch then frees each
+intermediate after its last use, as a hand-written module does.
+
 ``Generated.line_nodes`` maps each line of ``forward`` in ``model.py`` to the node whose
-converter wrote it (``LineOrigin``: node, op type, Keras layer, converter).
+converter wrote it (``LineOrigin``: node, op type, Keras layer, converter; a ``del`` line
+added by ``liveness``: the node of the line before it).
 
 Converters read only their own node; fusions across nodes (a bias ``Add`` into the conv or
 Dense before it) are graph rules of the rewrite (``fold_for_torch``). Add a converter with
@@ -36,7 +42,7 @@ layer's ``requires_grad_(False)``, and the terms of ``regularization_loss()`` (`
 (``stages/importer/weights_map.py``).
 
 Modules: ``values`` (the value kinds), ``gen`` (the generation state and its helpers),
-``fold``, ``walk``, ``render`` (the ``model.py`` template), ``ops`` (the converters).
+``fold``, ``walk``, ``liveness`` (names reused), ``render`` (the ``model.py`` template), ``ops`` (the converters).
 """
 
 from pipeline.codegen.gen import Gen, Unsupported

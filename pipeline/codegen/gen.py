@@ -78,6 +78,7 @@ class Gen:
         self.used: set[str] = {"self", "torch", "nn", "F", "forward"}
         self.const_names: dict[int, str] = {}
         self.n_var = 0
+        self.var_kinds: dict[str, str] = {}   # variable made by ``var`` -> its hint (``liveness``)
         inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
         self.shapes: dict[str, list] = {}
         self.dtypes: dict[str, str] = {}
@@ -142,6 +143,7 @@ class Gen:
             name = f"{identifier(hint)}_{self.n_var}" if hint != "x" else f"x{self.n_var}"
             if name not in self.used:
                 self.used.add(name)
+                self.var_kinds[name] = identifier(hint)
                 return name
 
     # ---- values -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from pipeline.codegen import liveness
 from pipeline.codegen.fold import fold
 from pipeline.codegen.fusions import DOMAIN, fuse_bincount, fuse_dense_bias
 from pipeline.codegen.gen import Gen, Unsupported
@@ -48,8 +49,12 @@ class Generated:
 
 
 def generate(proto, model_name: str, keras_layers: list[dict] | None = None, class_name: str = "Model",
-             converters: Registry | None = None) -> Generated:
+             converters: Registry | None = None, reuse_names: bool = True) -> Generated:
     """PyTorch source for ``proto``; raises PipelineError on an op it cannot express.
+
+    ``reuse_names=False`` keeps every value of ``forward`` under the fresh name its converter
+    gave it (alive until ``forward`` returns; ``liveness``): the form before names were
+    reused, for ``bench/eager_forward.py``.
 
     ``converters``: the registry to use (default ``CONVERTERS``)."""
     import onnx
@@ -76,10 +81,13 @@ def generate(proto, model_name: str, keras_layers: list[dict] | None = None, cla
                 origin = LineOrigin(node.name, node.op_type, gen.layer_of(node), where)
                 origins.update(dict.fromkeys(range(start, len(gen.lines)), origin))
     outputs = [gen.t(o.name, hint=f"{o.name}_const") for o in proto.graph.output]
-    src, first = render(gen.init_lines, gen.lines, class_name, arg_names, outputs, model_name, gen.helpers,
+    lines, index = gen.lines, range(len(gen.lines))   # index: line of forward -> the line of gen.lines it is
+    if reuse_names:
+        lines, outputs, index = liveness.reuse_names(gen.lines, outputs, gen.var_kinds)
+    src, first = render(gen.init_lines, lines, class_name, arg_names, outputs, model_name, gen.helpers,
                         gen.reg_terms)
     return Generated(src, gen.state, gen.modules, inputs, [o.name for o in proto.graph.output],
-                     {first + i: o for i, o in origins.items()}, gen.sources, gen.added_bias)
+                     {first + k: origins[i] for k, i in enumerate(index) if i in origins}, gen.sources, gen.added_bias)
 
 
 def _convert(gen: Gen, converters: Registry, node):
