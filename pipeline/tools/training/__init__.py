@@ -5,11 +5,14 @@ valid); ``report.json`` shows it as ``training``.
 
 On the reference batch (``export/reference.npz``), a seeded target per output
 (``targets_for``) and loss = sum over outputs of mean((y - target)**2) +
-the weight regularizers (Keras: ``sum(model.losses)``; the port: ``regularization_loss()``),
+the regularizers (Keras: ``sum(model.losses)``; the port: ``regularization_loss()``, weights
+and the activity terms of the forward),
 Keras (``keras_side``, a TensorFlow process) and the port (``torch_side``) run:
 
 1. ``forward``: train-mode outputs (batch statistics; dropout rates 0) within
-   ``OUT_RTOL`` of the output's scale + ``OUT_ATOL``;
+   ``OUT_RTOL`` of the output's scale + ``OUT_ATOL``, and the regularization after that
+   forward (weight regularizers and the activity terms of its outputs) within ``OUT_RTOL``
+   relative + ``OUT_ATOL``;
 2. ``moving_statistics``: every non-trainable variable after that forward (the moving mean
    and variance), through ``weights_map.json``, within ``STATS_RTOL`` of its scale;
 3. ``gradients``: the gradient of every trainable Keras variable, mapped through
@@ -164,9 +167,10 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         o = t["outputs"][i]
         o = np.transpose(o, to_last(o.ndim)) if n in cf_out else o
         outs[n] = _close(karr[f"out:{i}"], o, OUT_RTOL, OUT_ATOL)
-    forward = {"ok": all(r["ok"] for r in outs.values()), "rtol": OUT_RTOL, "atol": OUT_ATOL, "outputs": outs,
-               "loss": {"keras": kinfo["loss"], "torch": t["loss"]},
-               "regularization": {"keras": kinfo["regularization"], "torch": t["regularization"]}}
+    reg_ok = abs(kinfo["regularization"] - t["regularization"]) <= OUT_RTOL * abs(kinfo["regularization"]) + OUT_ATOL
+    forward = {"ok": all(r["ok"] for r in outs.values()) and reg_ok, "rtol": OUT_RTOL, "atol": OUT_ATOL,
+               "outputs": outs, "loss": {"keras": kinfo["loss"], "torch": t["loss"]},
+               "regularization": {"keras": kinfo["regularization"], "torch": t["regularization"], "ok": reg_ok}}
 
     # 2. moving statistics (every non-trainable Keras variable) after that forward
     stats = [(r["keras"], r["torch"], _close(apply(r["transform"], karr[f"after:{r['keras']}"]),
@@ -219,9 +223,11 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
                                  "recurrent_dropout arguments are not ported)"})
     noise = {"ok": all(m["ok"] for m in modules), "z": 3.0, "modules": modules}
 
-    if kinfo["activity_regularized"]:
-        warnings.append(f"activity regularizers of {kinfo['activity_regularized']} are not ported: "
-                        "the port's regularization_loss() leaves them out")
+    ported = set(meta.get("trainable", {}).get("activity_regularizers", {}).get("nodes", []))
+    missing = [layer for layer in kinfo["activity_regularized"] if layer not in ported]
+    if missing:
+        warnings.append(f"activity regularizers of {missing} are not ported: the port's regularization_loss() "
+                        "leaves them out (export/meta.json trainable.activity_regularizers says why)")
     checks = {"forward": forward, "moving_statistics": moving, "gradients": gradients, "sgd": sgd, "noise": noise}
     summary = {"status": "ok" if all(c["ok"] for c in checks.values()) else "mismatch",
                "batch": int(next(iter(inputs.values())).shape[0]) if inputs else None,
