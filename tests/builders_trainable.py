@@ -152,12 +152,28 @@ def recurrent_regularized():
 
 def lstm_recurrent_dropout():
     """Embedding -> LSTM(6, dropout=0.2, recurrent_dropout=0.1) -> Dense(1): the LSTM's own
-    dropout arguments, which the port does not apply in train()."""
+    dropout arguments (one mask per gate: recurrent_dropout forces Keras' implementation 1)."""
     _seed()
     x = keras.Input((7,), dtype="int32", name="ids")
     y = L.Embedding(20, 5, name="emb")(x)
     y = L.LSTM(6, dropout=0.2, recurrent_dropout=0.1, name="lstm")(y)
     return perturb(keras.Model(x, L.Dense(1, name="dense")(y), name="lstm_recurrent_dropout"))
+
+
+def gru_recurrent_dropout():
+    """GRU(5, dropout=0.25, recurrent_dropout=0.15) -> Dense(2): three masks per gate set."""
+    _seed()
+    x = keras.Input((8, 3), name="x")
+    y = L.GRU(5, dropout=0.25, recurrent_dropout=0.15, name="gru")(x)
+    return perturb(keras.Model(x, L.Dense(2, name="dense")(y), name="gru_recurrent_dropout"))
+
+
+def simple_rnn_recurrent_dropout():
+    """SimpleRNN(4, dropout=0.3, recurrent_dropout=0.2) -> Dense(1): one mask each."""
+    _seed()
+    x = keras.Input((6, 3), name="x")
+    y = L.SimpleRNN(4, dropout=0.3, recurrent_dropout=0.2, name="rnn")(x)
+    return perturb(keras.Model(x, L.Dense(1, name="dense")(y), name="simple_rnn_recurrent_dropout"))
 
 
 # ---- batch norms after convs and Dense layers, for the inference form's folding (test_fuse.py):

@@ -27,7 +27,8 @@ Keras (``keras_side``, a TensorFlow process) and the port (``torch_side``) run:
    target goes from 2.27 to 3.9e-7 in 10 steps, where float32 outputs of size 1 leave the
    residual, and so the loss, 3e-4 relative noise), every variable at the end within
    ``WEIGHT_RTOL`` of its scale;
-5. ``noise``: the dropout family at its own rates (``noise.py``).
+5. ``noise``: the dropout family, and the recurrent layers' ``dropout``/``recurrent_dropout``,
+   at their own rates (``noise.py``).
 
 ``status``: "ok" when all five pass, "mismatch" otherwise, "skipped" (with the reason) for
 a model without Keras weights to train (a SavedModel signature).
@@ -150,7 +151,8 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
     from pipeline.tools.training import torch_side
 
     layer_module = {layer: m for m, layer in wmap.get("modules", {}).items()}
-    expected = {layer_module.get(layer, layer): attrs for layer, attrs in kinfo["zeroed"].items()}
+    expected = {layer_module.get(layer, layer): attrs
+                for layer, attrs in {**kinfo["zeroed"], **kinfo["recurrent_dropout"]}.items()}
     try:
         t = torch_side.run(lambda: load_generated(mdir), [feeds_cf[i["name"]] for i in meta["inputs"]], t_port,
                            LR, STEPS, settings.seed, expected)
@@ -212,15 +214,11 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
            "lr": LR, "steps": STEPS, "loss_rtol": LOSS_RTOL, "loss_floor": LOSS_FLOOR, "keras_losses": kl, "torch_losses": tl,
            "max_loss_rel_err": max(loss_err, default=0.0), "final_weights": final}
 
-    # 5. the dropout family at its own rates; recurrent layers' own dropout is not ported
+    # 5. the dropout family and the recurrent layers' own dropout at their own rates
     modules = list(t["noise"])
     for m in sorted(set(t["zeroed"]) - set(expected)):
         modules.append({"module": m, "kind": "dropout", "rate": t["zeroed"][m], "ok": False,
                         "error": "drops in the port where the Keras layer it comes from does not"})
-    for layer, args in kinfo["recurrent_dropout"].items():
-        modules.append({"module": layer, "kind": "recurrent dropout", "rate": args, "ok": False,
-                        "error": "the port's recurrent module does not drop in train() (Keras' dropout/"
-                                 "recurrent_dropout arguments are not ported)"})
     noise = {"ok": all(m["ok"] for m in modules), "z": 3.0, "modules": modules}
 
     ported = set(meta.get("trainable", {}).get("activity_regularizers", {}).get("nodes", []))
