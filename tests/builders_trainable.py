@@ -123,14 +123,57 @@ def gru_model():
     return keras.Model(x, L.Dense(2, name="dense")(L.GRU(5, name="gru")(x)), name="gru_model")
 
 
+def activity_regularized():
+    """Conv2D (activity L1L2) -> Flatten -> Dense (relu, activity L2, kernel L2) ->
+    ActivityRegularization (L1) -> Dense; perturbed weights. Keras adds each activity term,
+    divided by the batch size, to ``model.losses`` on every call."""
+    _seed()
+    R = keras.regularizers
+    x = keras.Input((6, 6, 2), name="x")
+    y = L.Conv2D(3, 3, activity_regularizer=R.L1L2(l1=0.01, l2=0.02), name="conv")(x)
+    y = L.Flatten(name="flatten")(y)
+    y = L.Dense(4, activation="relu", activity_regularizer=R.L2(0.05), kernel_regularizer=R.L2(0.01),
+                name="dense")(y)
+    y = L.ActivityRegularization(l1=0.03, name="act_reg")(y)
+    return perturb(keras.Model(x, L.Dense(2, name="head")(y), name="activity_regularized"))
+
+
+def recurrent_regularized():
+    """Bidirectional(LSTM) with kernel L2, recurrent L1 and bias L2 (both directions count in
+    Keras) -> GRU with a recurrent L2 and an activity L1 -> Dense; perturbed weights."""
+    _seed()
+    R = keras.regularizers
+    x = keras.Input((5, 3), name="x")
+    y = L.Bidirectional(L.LSTM(4, return_sequences=True, kernel_regularizer=R.L2(0.01),
+                               recurrent_regularizer=R.L1(0.02), bias_regularizer=R.L2(0.03)), name="bidi")(x)
+    y = L.GRU(3, recurrent_regularizer=R.L2(0.04), activity_regularizer=R.L1(0.05), name="gru")(y)
+    return perturb(keras.Model(x, L.Dense(2, name="dense")(y), name="recurrent_regularized"))
+
+
 def lstm_recurrent_dropout():
     """Embedding -> LSTM(6, dropout=0.2, recurrent_dropout=0.1) -> Dense(1): the LSTM's own
-    dropout arguments, which the port does not apply in train()."""
+    dropout arguments (one mask per gate: recurrent_dropout forces Keras' implementation 1)."""
     _seed()
     x = keras.Input((7,), dtype="int32", name="ids")
     y = L.Embedding(20, 5, name="emb")(x)
     y = L.LSTM(6, dropout=0.2, recurrent_dropout=0.1, name="lstm")(y)
     return perturb(keras.Model(x, L.Dense(1, name="dense")(y), name="lstm_recurrent_dropout"))
+
+
+def gru_recurrent_dropout():
+    """GRU(5, dropout=0.25, recurrent_dropout=0.15) -> Dense(2): three masks per gate set."""
+    _seed()
+    x = keras.Input((8, 3), name="x")
+    y = L.GRU(5, dropout=0.25, recurrent_dropout=0.15, name="gru")(x)
+    return perturb(keras.Model(x, L.Dense(2, name="dense")(y), name="gru_recurrent_dropout"))
+
+
+def simple_rnn_recurrent_dropout():
+    """SimpleRNN(4, dropout=0.3, recurrent_dropout=0.2) -> Dense(1): one mask each."""
+    _seed()
+    x = keras.Input((6, 3), name="x")
+    y = L.SimpleRNN(4, dropout=0.3, recurrent_dropout=0.2, name="rnn")(x)
+    return perturb(keras.Model(x, L.Dense(1, name="dense")(y), name="simple_rnn_recurrent_dropout"))
 
 
 # ---- batch norms after convs and Dense layers, for the inference form's folding (test_fuse.py):

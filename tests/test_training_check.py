@@ -1,8 +1,8 @@
 """``trainable-check`` (``pipeline/tools/training``) can fail, and says where: a port edited
 by hand to be wrong in one way (torch's batch norm momentum, a frozen layer that trains,
 another dropout rate, torch's eps) fails exactly the check that covers it and names the
-tensor or module; a recurrent layer's own dropout, which the port does not apply, fails
-check 5 with the reason. And the Keras transfer-learning recipe (a frozen MobileNetV2 base,
+tensor or module; a recurrent layer's own dropout passes check 5 with Keras' masks, and a
+port without them fails it. And the Keras transfer-learning recipe (a frozen MobileNetV2 base,
 nested in the model, with a Dense head) passes all five.
 
 The models are converted once; each edit works on a copy of the converted folder."""
@@ -28,7 +28,7 @@ EDITS = {   # id: (model, text in model.py, replacement, the check that must fai
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     out = tmp_path_factory.mktemp("training_check")
-    names = ("conv2d_bn_dropout", "conv_bn_dense_frozen", "lstm_recurrent_dropout")
+    names = ("conv2d_bn_dropout", "conv_bn_dense_frozen", *RECURRENT_DROPOUT)
     procs = {m: cli("convert", "--model", f"tests/builders_trainable.py:{m}", "--out", out) for m in names}
     for m, p in procs.items():
         assert_ok(p, out, m)
@@ -65,13 +65,46 @@ def test_unchanged_port_passes(converted):
         assert proc.returncode == 0 and t["status"] == "ok", proc.stdout[-2000:]
 
 
-def test_recurrent_dropout_is_reported_not_ported(converted):
-    proc, t = _check(converted, "lstm_recurrent_dropout")
-    assert proc.returncode == 1 and t["status"] == "mismatch"
-    noise = t["checks"]["noise"]
-    assert [m["module"] for m in noise["modules"] if not m["ok"]] == ["lstm"]
-    assert "not ported" in noise["modules"][0]["error"]
-    assert t["zeroed"]["keras"] == {} and all(t["checks"][k]["ok"] for k in ("forward", "gradients", "sgd"))
+RECURRENT_DROPOUT = {   # model: (module, gates, {Keras argument: rate})
+    "lstm_recurrent_dropout": ("lstm", 4, {"dropout": 0.2, "recurrent_dropout": 0.1}),
+    "gru_recurrent_dropout": ("gru", 3, {"dropout": 0.25, "recurrent_dropout": 0.15}),
+    "simple_rnn_recurrent_dropout": ("rnn", 1, {"dropout": 0.3, "recurrent_dropout": 0.2}),
+}
+
+
+@pytest.mark.parametrize("name", list(RECURRENT_DROPOUT))
+def test_recurrent_dropout_is_ported(converted, name):
+    """A recurrent layer's own dropout/recurrent_dropout: the port is the Keras<kind> cell
+    module, which draws Keras' masks once per call in train() (checks 1-4 at rate 0 pass;
+    check 5 measures each mask's dropped fraction within 3 standard errors of the rate, kept
+    entries 1/(1-rate), one (batch, features) mask per gate)."""
+    module, gates, rates = RECURRENT_DROPOUT[name]
+    proc, t = _check(converted, name)
+    assert proc.returncode == 0 and t["status"] == "ok", proc.stdout[-2000:]
+    src = (converted / name / "import" / "model.py").read_text()
+    assert f"dropout={rates['dropout']!r}" in src and ("per_gate=True" in src) == (gates > 1)
+    noise = {m["kind"]: m for m in t["checks"]["noise"]["modules"]}
+    assert set(noise) == {f"recurrent {a}" for a in rates}
+    for arg, rate in rates.items():
+        m = noise[f"recurrent {arg}"]
+        assert m["module"] == module and m["rate"] == pytest.approx(rate, rel=1e-9) and m["gates"] == gates
+        assert abs(m["measured"] - rate) <= 3 * m["standard_error"] and m["scaled"] and m["per_call_mask"]
+    assert t["zeroed"]["torch"] == {module: rates}
+
+
+def test_recurrent_dropout_left_out_fails(converted, tmp_path):
+    """The same port with the cell module's rates removed (a port that does not drop, as torch's
+    nn.LSTM) fails check 5 only, naming the module."""
+    name = "lstm_recurrent_dropout"
+    shutil.copytree(converted / name, tmp_path / name)
+    src = tmp_path / name / "import" / "model.py"
+    text = src.read_text()
+    assert "dropout=0.2, recurrent_dropout=0.1, per_gate=True" in text
+    src.write_text(text.replace("dropout=0.2, recurrent_dropout=0.1, per_gate=True", "per_gate=True"))
+    proc, t = _check(tmp_path, name)
+    assert proc.returncode == 1 and not t["checks"]["noise"]["ok"], proc.stdout[-2000:]
+    assert all(t["checks"][k]["ok"] for k in ("forward", "gradients", "sgd"))
+    assert "lstm" in proc.stdout
 
 
 def test_mobilenetv2_transfer_learning_passes(tmp_path):

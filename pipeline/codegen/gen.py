@@ -272,21 +272,29 @@ class Gen:
 
     def _keras_training_facts(self, name: str, layer: str | None, params: dict) -> None:
         """A frozen Keras layer's module gets ``requires_grad_(False)``; a trainable one's
-        kernel/bias regularizers become terms of ``regularization_loss()`` (Keras counts the
-        regularizers of trainable weights only)."""
+        kernel/recurrent/bias regularizers become terms of ``regularization_loss()`` (Keras counts
+        the regularizers of trainable weights only; a Bidirectional's, both directions')."""
         entry = self.keras.get(layer) or {}
         variables = entry.get("variables", [])
         if params and (entry.get("trainable") is False or (variables and not any(v["trainable"] for v in variables))):
             why = "trainable=False" if entry.get("trainable") is False else "its variables are not trainable"
             self.init_lines.append(f"self.{name}.requires_grad_(False)  # Keras: {why}")
             return
-        roles = {"kernel": ["weight", "weight_ih_l0", "kernel"],
-                 "bias": ["bias", "bias_ih_l0"] + (["bias_hh_l0"] if entry.get("class") == "GRU" else [])}
-        for role, reg in entry.get("regularizers", {}).items():
-            keys = [k for k in roles.get(role, []) if k in params][:1 if role == "kernel" else None]
-            for k in keys:
-                p = f"self.{name}.{k}"
-                if reg.get("l1"):
-                    self.reg_terms.append(f"{reg['l1']!r} * {p}.abs().sum()")
-                if reg.get("l2"):
-                    self.reg_terms.append(f"{reg['l2']!r} * {p}.square().sum()")
+        gru = "GRU" in (entry.get("class"), entry.get("wrapped_class"))
+        roles = {"kernel": ["weight", "weight_ih_l0", "kernel"], "recurrent": ["weight_hh_l0", "recurrent_kernel"],
+                 "bias": ["bias", "bias_ih_l0"] + (["bias_hh_l0"] if gru else [])}
+        # a Bidirectional: nn.GRU/LSTM/RNN's ``*_reverse`` parameters, or the ``<layer>_backward`` cell module
+        sides = [("", entry.get("regularizers", {}))]
+        if entry.get("class") == "Bidirectional":
+            back = ("", entry.get("backward_regularizers", {})) if name.endswith("_backward") else \
+                ("_reverse", entry.get("backward_regularizers", {}))
+            sides = [back] if name.endswith("_backward") else sides + [back]
+        for sfx, regs in sides:
+            for role, reg in regs.items():
+                keys = [k + sfx for k in roles.get(role, []) if k + sfx in params][:1 if role == "kernel" else None]
+                for k in keys:
+                    p = f"self.{name}.{k}"
+                    if reg.get("l1"):
+                        self.reg_terms.append(f"{reg['l1']!r} * {p}.abs().sum()")
+                    if reg.get("l2"):
+                        self.reg_terms.append(f"{reg['l2']!r} * {p}.square().sum()")

@@ -9,7 +9,8 @@ def render(init_lines: list[str], lines: list[str], class_name: str, args: list[
     """The source of ``model.py``, and the line number (from 1) at which ``lines``, the body
     of ``forward``, start in it: ``lines[i]`` is line ``first + i``. ``helpers``: module-level
     sources (cell modules) placed before the model's class, in their order. ``reg_terms``:
-    the terms ``regularization_loss()`` sums (Keras' kernel/bias regularizers)."""
+    the terms ``regularization_loss()`` sums (Keras' weight regularizers, the activity
+    modules' recorded terms)."""
     ret = outputs[0] if len(outputs) == 1 else "(" + ", ".join(outputs) + ",)"
     body = "\n".join(f"        {l}" for l in init_lines) or "        pass"
     extra = "".join(f"{src}\n\n\n" for src in (helpers or {}).values())
@@ -44,8 +45,10 @@ import torch.nn.functional as F
     def forward(self, {args}):
 '''
 _REG = '''    def regularization_loss(self):
-        """Keras' kernel/bias L1/L2 regularizers (l1 * sum|w|, l2 * sum w**2) of the trainable
-        layers: ``sum(keras_model.losses)`` without activity regularizers (not ported)."""
+        """``sum(keras_model.losses)`` after a call, as of the last ``forward``: Keras' kernel/
+        recurrent/bias L1/L2 regularizers (l1 * sum|w|, l2 * sum w**2) of the trainable layers,
+        plus the activity regularizers' terms of the last forward's outputs
+        ((l1 * sum|y| + l2 * sum y**2) / batch; 0 before the first forward)."""
         return {terms}'''
 _TAIL = '''        return {ret}
 

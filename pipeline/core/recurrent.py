@@ -52,6 +52,9 @@ class RecurrentSpec:
     strides: list[int] = field(default_factory=list)
     dilation: list[int] = field(default_factory=list)
     padding: str = "valid"
+    dropout: float = 0.0             # Keras' dropout/recurrent_dropout (train() only; the cell modules)
+    recurrent_dropout: float = 0.0
+    implementation: int = 2          # Keras' LSTM/GRU: 1 draws one mask per gate (recurrent_dropout > 0 forces it)
     weights: list[str] = field(default_factory=list)    # roles in input order: "forward/kernel", ...
     variables: list[str] = field(default_factory=list)  # the Keras variable path of each weight
 

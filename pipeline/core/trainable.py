@@ -1,13 +1,15 @@
 """Keras layers that act differently in training as the export stage hands them on:
 ``BatchNormSpec`` (``BatchNormalization``) and ``DropoutSpec`` (``Dropout``,
-``SpatialDropout1D/2D/3D``, ``GaussianNoise``, ``GaussianDropout``, ``AlphaDropout``).
+``SpatialDropout1D/2D/3D``, ``GaussianNoise``, ``GaussianDropout``, ``AlphaDropout``), and
+``ActivitySpec``: the output of a layer with an L1/L2 ``activity_regularizer`` (an identity
+node after the layer's output, ``ActivityRegularization``, whose module records Keras' term).
 
 As the recurrent layers (``core.recurrent``), each is one ONNX node
 ``ai.keras2torch::<kind>`` (overload: the layer) whose ``keras`` attribute is its spec as
 JSON, whose inputs are the data and the layer's weights (one initializer per Keras
 variable, named after it), and whose body is a model-local ONNX function of standard ops
 for onnxruntime, with Keras' inference semantics: a per-channel affine on the Keras axis
-for a batch norm, ``Identity`` for the dropout family. ``function`` builds that body from
+for a batch norm, ``Identity`` for the dropout family and an activity regularizer. ``function`` builds that body from
 the spec; the export stage writes it, and the rewrite builds it again when it moves a
 node's axis (channels-first). The generator reads the spec and writes
 ``nn.BatchNorm*d``/``nn.Dropout*`` or a small module that trains as Keras does.
@@ -27,6 +29,9 @@ NORM_KINDS = ("BatchNormalization",)
 DROPOUT_KINDS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
                  "GaussianDropout", "AlphaDropout")
 KINDS = NORM_KINDS + DROPOUT_KINDS
+# the identity node after an activity-regularized layer's output (not a Keras layer kind of its own:
+# Keras' ``ActivityRegularization`` layer is a layer with an activity regularizer, stubbed as any other)
+ACTIVITY = "ActivityRegularization"
 # kinds that act on whole channels (an axis the layout rewrite remaps); the others are element-wise
 PER_CHANNEL = ("BatchNormalization", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")
 
@@ -70,12 +75,32 @@ class DropoutSpec(_Spec):
     variables: list[str] = field(default_factory=list)
 
 
-def from_json(text: str) -> BatchNormSpec | DropoutSpec:
+@dataclass
+class ActivitySpec(_Spec):
+    """Keras' activity regularizer of ``layer``'s output ``output`` (of its outputs, in
+    ``tree.flatten`` order): ``(l1 * sum|y| + l2 * sum y**2) / batch`` added to ``model.losses``
+    on every call (keras/src/layers/layer.py, Keras 3.15.1: ``divide_no_nan`` by ``shape[0]``)."""
+    kind: str                       # ACTIVITY
+    layer: str
+    l1: float = 0.0
+    l2: float = 0.0
+    output: int = 0
+    weights: list[str] = field(default_factory=list)
+    variables: list[str] = field(default_factory=list)
+
+    @property
+    def op_type(self) -> str:
+        return ACTIVITY
+
+
+def from_json(text: str) -> BatchNormSpec | DropoutSpec | ActivitySpec:
     d = json.loads(text)
+    if d["kind"] == ACTIVITY:
+        return ActivitySpec(**d)
     return (BatchNormSpec if d["kind"] in NORM_KINDS else DropoutSpec)(**d)
 
 
-def function(spec: BatchNormSpec | DropoutSpec, opset: int):
+def function(spec: BatchNormSpec | DropoutSpec | ActivitySpec, opset: int):
     """The model-local function (overload: the layer) that is the node's body for
     onnxruntime: Keras' inference. Inputs ``x`` and the weights in ``spec.weights`` order."""
     from onnx import helper

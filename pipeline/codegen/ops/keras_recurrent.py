@@ -3,8 +3,16 @@
 ``nn.RNN`` with ``batch_first=True`` (``bidirectional=True`` for a Bidirectional), its
 weights those of the Keras layer, once, gate blocks in torch's order. Where torch's
 module computes something else (a GRU with ``reset_after=False``, activations torch's
-modules do not have) a small cell module, ``KerasGRU``/``KerasLSTM``/``KerasSimpleRNN``,
-loops over time with the weights held once.
+modules do not have, Keras' ``dropout``/``recurrent_dropout``) a small cell module,
+``KerasGRU``/``KerasLSTM``/``KerasSimpleRNN``, loops over time with the weights held once.
+
+Keras' recurrent dropout (keras/src/layers/rnn/dropout_rnn_cell.py, lstm.py, gru.py,
+simple_rnn.py, Keras 3.15.1), which the cell modules apply in ``train()``: per call, one mask
+for the input (rate ``dropout``) and one for the previous state (``recurrent_dropout``), of
+ones dropped and scaled by ``1 / (1 - rate)``, the same at every step; an LSTM/GRU with
+``implementation=1`` (which ``recurrent_dropout > 0`` forces) draws one mask per gate for
+each, else one shared by the gates. The masks of the last train-mode call are kept in
+``masks`` (the training check measures them). Inference is unchanged.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ def _reorder(m: np.ndarray, kind: str, h: int) -> np.ndarray:
 
 def _native(spec: RecurrentSpec) -> bool:
     """Does torch's own module compute this layer?"""
+    if spec.dropout or spec.recurrent_dropout:   # torch's modules have no per-call fixed masks
+        return False
     if spec.kind == "SimpleRNN":
         return spec.activation in ("tanh", "relu")
     if spec.kind == "GRU" and not spec.reset_after:
@@ -118,9 +128,13 @@ def _call_loop(gen: Gen, node, spec: RecurrentSpec, w: dict, x: str, states: lis
         if spec.use_bias:
             params["bias"] = w[f"{side}/bias"]
         acts = f"{spec.activation!r}" + (f", {spec.recurrent_activation!r}" if spec.kind != "SimpleRNN" else "")
+        drops = (f", dropout={spec.dropout!r}" if spec.dropout else "") \
+            + (f", recurrent_dropout={spec.recurrent_dropout!r}" if spec.recurrent_dropout else "")
+        if drops and spec.kind != "SimpleRNN" and (spec.implementation == 1 or spec.recurrent_dropout):
+            drops += ", per_gate=True"
         ctor = (f"{cls}({spec.input_size}, {spec.units}, {acts}"
                 + (f", reset_after={spec.reset_after}" if spec.kind == "GRU" else "")
-                + (", bias=False" if not spec.use_bias else "") + ")")
+                + (", bias=False" if not spec.use_bias else "") + drops + ")")
         name = spec.layer + ("" if not spec.bidirectional else f"_{side}")
         mod = gen.submodule(node, ctor, params, name=name)
         backwards = spec.go_backwards or side == "backward"
@@ -174,6 +188,27 @@ def _merge(spec: RecurrentSpec, fw: str, bw: str, both) -> list[str]:
 
 ACTIVATIONS_SOURCE = '''_ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
                 "hard_sigmoid": F.hardsigmoid, "linear": lambda v: v}
+
+
+def _dropout_masks(training, rate, like, n):
+    """Keras' dropout masks of one call (``DropoutRNNCell``): ``n`` tensors shaped ``like``
+    (batch, features) of ones dropped at ``rate`` and scaled by ``1 / (1 - rate)``, used at every
+    step; None outside training or at rate 0."""
+    if not training or not 0.0 < rate < 1.0:
+        return None
+    return [F.dropout(torch.ones_like(like), rate, True) for _ in range(n)]
+
+
+def _dropped_matmul(v, kernel, masks, units):
+    """``v @ kernel`` with ``v`` dropped by ``masks`` (None: no mask; one: shared by the gates;
+    one per gate: each gate's kernel block gets its own); ``v`` (batch, [steps,] features)."""
+    if masks is None:
+        return v @ kernel
+    if v.dim() == 3:
+        masks = [m.unsqueeze(1) for m in masks]
+    if len(masks) == 1:
+        return (v * masks[0]) @ kernel
+    return torch.cat([(v * m) @ k for m, k in zip(masks, kernel.split(units, 1))], -1)
 
 
 def _masked_step(new, h, ys, mask, t, zero_output):
@@ -262,9 +297,11 @@ class KerasGRU(nn.Module):
     product, which torch's ``nn.GRU`` cannot."""
 
     def __init__(self, input_size, units, activation="tanh", recurrent_activation="sigmoid", reset_after=True,
-                 bias=True):
+                 bias=True, dropout=0.0, recurrent_dropout=0.0, per_gate=False):
         super().__init__()
         self.units, self.reset_after = units, reset_after
+        self.dropout, self.recurrent_dropout, self.gates = dropout, recurrent_dropout, 3 if per_gate else 1
+        self.masks = None
         self.activation = _ACTIVATIONS[activation]
         self.recurrent_activation = _ACTIVATIONS[recurrent_activation]
         self.kernel = nn.Parameter(torch.empty(input_size, 3 * units))
@@ -276,21 +313,27 @@ class KerasGRU(nn.Module):
             h = x.new_zeros(x.shape[0], self.units)
         b_in = self.bias[0] if self.bias is not None and self.reset_after else self.bias
         b_rec = self.bias[1] if self.bias is not None and self.reset_after else None
-        xs = x @ self.kernel if b_in is None else x @ self.kernel + b_in
+        dp = _dropout_masks(self.training, self.dropout, x[:, 0], self.gates)
+        rdp = _dropout_masks(self.training, self.recurrent_dropout, h, self.gates)
+        self.masks = (dp, rdp) if self.training else None
+        xs = _dropped_matmul(x, self.kernel, dp, self.units)
+        xs = xs if b_in is None else xs + b_in
         rz, rr, rh = self.recurrent_kernel.split(self.units, 1)
         ys = []
         for t in range(x.shape[1]):
             xz, xr, xh = xs[:, t].split(self.units, -1)
+            hs = [h] * 3 if rdp is None else [h * m for m in rdp] * (3 // len(rdp))
             if self.reset_after:
-                inner = h @ self.recurrent_kernel if b_rec is None else h @ self.recurrent_kernel + b_rec
+                inner = _dropped_matmul(h, self.recurrent_kernel, rdp, self.units)
+                inner = inner if b_rec is None else inner + b_rec
                 hz, hr, hh = inner.split(self.units, -1)
                 z = self.recurrent_activation(xz + hz)
                 r = self.recurrent_activation(xr + hr)
                 cand = self.activation(xh + r * hh)
             else:
-                z = self.recurrent_activation(xz + h @ rz)
-                r = self.recurrent_activation(xr + h @ rr)
-                cand = self.activation(xh + (r * h) @ rh)
+                z = self.recurrent_activation(xz + hs[0] @ rz)
+                r = self.recurrent_activation(xr + hs[1] @ rr)
+                cand = self.activation(xh + (r * hs[2]) @ rh)
             h, y = _masked_step(z * h + (1 - z) * cand, h, ys, mask, t, zero_output)
             ys.append(y)
         return torch.stack(ys, 1), h
@@ -301,9 +344,12 @@ class KerasLSTM(nn.Module):
     """A Keras LSTM over a batch-first sequence, one step per time step, weights as Keras holds
     them (gates i, f, c, o), for activations torch's ``nn.LSTM`` does not have."""
 
-    def __init__(self, input_size, units, activation="tanh", recurrent_activation="sigmoid", bias=True):
+    def __init__(self, input_size, units, activation="tanh", recurrent_activation="sigmoid", bias=True,
+                 dropout=0.0, recurrent_dropout=0.0, per_gate=False):
         super().__init__()
         self.units = units
+        self.dropout, self.recurrent_dropout, self.gates = dropout, recurrent_dropout, 4 if per_gate else 1
+        self.masks = None
         self.activation = _ACTIVATIONS[activation]
         self.recurrent_activation = _ACTIVATIONS[recurrent_activation]
         self.kernel = nn.Parameter(torch.empty(input_size, 4 * units))
@@ -312,10 +358,14 @@ class KerasLSTM(nn.Module):
 
     def forward(self, x, state=None, mask=None, zero_output=False):
         h, c = state if state is not None else (x.new_zeros(x.shape[0], self.units),) * 2
-        xs = x @ self.kernel if self.bias is None else x @ self.kernel + self.bias
+        dp = _dropout_masks(self.training, self.dropout, x[:, 0], self.gates)
+        rdp = _dropout_masks(self.training, self.recurrent_dropout, h, self.gates)
+        self.masks = (dp, rdp) if self.training else None
+        xs = _dropped_matmul(x, self.kernel, dp, self.units)
+        xs = xs if self.bias is None else xs + self.bias
         ys = []
         for t in range(x.shape[1]):
-            i, f, g, o = (xs[:, t] + h @ self.recurrent_kernel).split(self.units, -1)
+            i, f, g, o = (xs[:, t] + _dropped_matmul(h, self.recurrent_kernel, rdp, self.units)).split(self.units, -1)
             c_new = self.recurrent_activation(f) * c + self.recurrent_activation(i) * self.activation(g)
             h_new = self.recurrent_activation(o) * self.activation(c_new)
             c = c_new if mask is None else torch.where(mask[:, t, None], c_new, c)
@@ -329,9 +379,11 @@ class KerasSimpleRNN(nn.Module):
     """A Keras SimpleRNN over a batch-first sequence, one step per time step, weights as Keras
     holds them, for activations torch's ``nn.RNN`` does not have."""
 
-    def __init__(self, input_size, units, activation="tanh", bias=True):
+    def __init__(self, input_size, units, activation="tanh", bias=True, dropout=0.0, recurrent_dropout=0.0):
         super().__init__()
         self.units = units
+        self.dropout, self.recurrent_dropout, self.gates = dropout, recurrent_dropout, 1
+        self.masks = None
         self.activation = _ACTIVATIONS[activation]
         self.kernel = nn.Parameter(torch.empty(input_size, units))
         self.recurrent_kernel = nn.Parameter(torch.empty(units, units))
@@ -340,10 +392,15 @@ class KerasSimpleRNN(nn.Module):
     def forward(self, x, h=None, mask=None, zero_output=False):
         if h is None:
             h = x.new_zeros(x.shape[0], self.units)
-        xs = x @ self.kernel if self.bias is None else x @ self.kernel + self.bias
+        dp = _dropout_masks(self.training, self.dropout, x[:, 0], 1)
+        rdp = _dropout_masks(self.training, self.recurrent_dropout, h, 1)
+        self.masks = (dp, rdp) if self.training else None
+        xs = _dropped_matmul(x, self.kernel, dp, self.units)
+        xs = xs if self.bias is None else xs + self.bias
         ys = []
         for t in range(x.shape[1]):
-            h, y = _masked_step(self.activation(xs[:, t] + h @ self.recurrent_kernel), h, ys, mask, t, zero_output)
+            new = self.activation(xs[:, t] + _dropped_matmul(h, self.recurrent_kernel, rdp, self.units))
+            h, y = _masked_step(new, h, ys, mask, t, zero_output)
             ys.append(y)
         return torch.stack(ys, 1), h
 ''',

@@ -14,6 +14,8 @@ Keras' inference computes.
   ``AlphaDropout`` -> ``nn.AlphaDropout`` (the same ``a``, ``b`` as Keras);
   ``GaussianNoise``/``GaussianDropout`` -> ``KerasGaussianNoise``/``KerasGaussianDropout``,
   active in ``train()`` only.
+- ``ActivityRegularization`` (the identity node after an activity-regularized layer's output)
+  -> ``KerasActivityRegularizer``, which records Keras' term for ``regularization_loss()``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 
 from pipeline.codegen.gen import Gen, Unsupported, attrs
 from pipeline.core.registry import handles
-from pipeline.core.trainable import DOMAIN, BatchNormSpec, DropoutSpec, from_json
+from pipeline.core.trainable import DOMAIN, ActivitySpec, BatchNormSpec, DropoutSpec, from_json
 
 BATCHNORM_SOURCE = '''class _KerasBatchNorm:
     """Keras' BatchNormalization on an ``nn.BatchNorm*d``: the moving variance follows the
@@ -153,4 +155,43 @@ def keras_dropout(gen: Gen, node):
         gen.helper("KerasGaussianDropout", GAUSSIAN_DROPOUT_SOURCE)
         ctor = f"KerasGaussianDropout({p})"
     mod = gen.submodule(node, ctor, {}, name=spec.layer)
+    gen.emit(node, f"{mod}({gen.t(node.input[0])})")
+
+
+ACTIVITY_SOURCE = '''class KerasActivityRegularizer(nn.Module):
+    """Keras' activity regularizer of a layer's output: returns the output unchanged and keeps
+    ``loss = (l1 * sum|y| + l2 * sum y**2) / batch`` of the last forward (Keras 3 adds that term
+    to ``model.losses`` on every call, training or not), which ``regularization_loss()`` sums.
+    Not recorded while ``torch.export`` traces (``model.pt2`` is the inference form)."""
+
+    def __init__(self, l1=0.0, l2=0.0):
+        super().__init__()
+        self.l1, self.l2 = l1, l2
+        self.loss = torch.zeros(())
+
+    def forward(self, x):
+        if torch.compiler.is_exporting():
+            return x
+        term = x.new_zeros(())
+        if self.l1:
+            term = term + self.l1 * x.abs().sum()
+        if self.l2:
+            term = term + self.l2 * x.square().sum()
+        if x.dim() > 0:   # Keras: divide_no_nan by the batch size
+            term = term / x.shape[0] if x.shape[0] else term * 0
+        self.loss = term
+        return x
+'''
+
+
+@handles(f"{DOMAIN}::ActivityRegularization")
+def keras_activity(gen: Gen, node):
+    """An activity-regularized layer's output: ``KerasActivityRegularizer`` (one per node, so a
+    layer called twice records both calls' terms), its ``loss`` a term of ``regularization_loss()``."""
+    spec = from_json(attrs(node)["keras"])
+    assert isinstance(spec, ActivitySpec)
+    gen.helper("KerasActivityRegularizer", ACTIVITY_SOURCE)
+    mod = gen.submodule(node, f"KerasActivityRegularizer(l1={_num(spec.l1)}, l2={_num(spec.l2)})", {},
+                        name=f"{spec.layer}_activity")
+    gen.reg_terms.append(f"{mod}.loss")
     gen.emit(node, f"{mod}({gen.t(node.input[0])})")

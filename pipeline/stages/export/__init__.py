@@ -114,7 +114,8 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
                             "this is the model, not the conversion", model=spec.name, kind="keras-nonfinite",
                             hint="check the model's weights, or change seed in the config")
     layers = layer_facts(model)
-    losses, kweights = losses_reference(model), weights_npz(model)
+    losses, kweights = losses_reference(model, lambda: call(*[tf.constant(feeds[n]) for n, _, _ in specs])), \
+        weights_npz(model)
     params = int(model.count_params()) if hasattr(model, "count_params") else None
     keep_model = per_layer or may_unroll(model) or (free and not fixed)   # a fixed retry traces it again
     names = {l["name"] for l in layers}
@@ -197,6 +198,8 @@ def run(spec: ModelSpec, settings: Settings, out: Path, per_layer: bool = False)
                                    dict(stubs.unrolled) if stubs else {}),
                       **({"fallback": fallback} if fallback else {})},
         "trainable": {"nodes": stubs.layers(False) if stubs else {}, "plain": dict(stubs.plain) if stubs else {},
+                      "activity_regularizers": {"nodes": stubs.activity_layers() if stubs else [],
+                                                "plain": dict(stubs.activity_plain) if stubs else {}},
                       **({"fallback": fallback} if fallback else {})},
     }
     with atomic_dir(mdir.stage("export")) as d:

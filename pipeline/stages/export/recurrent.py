@@ -124,6 +124,9 @@ def spec_of(layer) -> tuple[RecurrentSpec, list[np.ndarray]] | str:
                          return_sequences=bool(sides[0].return_sequences), return_state=bool(sides[0].return_state),
                          bidirectional=bidi, merge_mode=layer.merge_mode if bidi else "concat",
                          zero_output_for_mask=bool(getattr(sides[0], "zero_output_for_mask", False)),
+                         dropout=float(getattr(cell, "dropout", 0.0) or 0.0),
+                         recurrent_dropout=float(getattr(cell, "recurrent_dropout", 0.0) or 0.0),
+                         implementation=int(getattr(cell, "implementation", 2) or 2),
                          weights=roles, variables=paths)
     return spec, weights
 

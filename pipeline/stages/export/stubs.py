@@ -3,7 +3,7 @@
 
 tf2onnx (and grappler before it) writes some Keras layers in a form the port cannot keep:
 recurrent layers as a ``Loop`` (``recurrent.py``), batch norms folded into the
-convolution and the dropout family dropped (``trainable.py``). ``stubbed`` clones the
+convolution, the dropout family dropped and activity regularizers nowhere (``trainable.py``). ``stubbed`` clones the
 model with each such layer replaced by a stub whose call is a ``tf.numpy_function`` named
 ``k2t_stub_<i>`` (one index space for all families), which tf2onnx passes through as a
 ``PyFunc`` node; ``replace_stubs`` then puts one ``ai.keras2torch::<kind>`` node per layer
@@ -23,6 +23,7 @@ import re
 from pipeline.core.errors import PipelineError
 from pipeline.core.recurrent import DOMAIN, RecurrentSpec
 from pipeline.core.trainable import KINDS as TRAINABLE_KINDS
+from pipeline.core.trainable import ActivitySpec
 from pipeline.core.trainable import function as trainable_function
 from pipeline.stages.export import recurrent, trainable
 from pipeline.stages.export.recurrent_onnx import make_function as recurrent_function
@@ -45,14 +46,22 @@ class Stubs:
         self.specs: dict[int, tuple] = {}
         self.unrolled: dict[str, str] = {}
         self.plain: dict[str, str] = {}
+        self.activity_plain: dict[str, str] = {}   # activity regularizers not ported, with the reason
         self.done: list[str] = []
         self.model = None
 
+    def next_index(self) -> int:
+        return max(self.specs, default=-1) + 1
+
     def layers(self, recurrent_kinds: bool) -> dict[str, str]:
-        """layer -> kind of the layers done, recurrent ones or the others."""
+        """layer -> kind of the layers done, recurrent ones or the others (activity nodes apart)."""
         kinds = {s.layer: s.kind for s, _ in self.specs.values()
-                 if isinstance(s, RecurrentSpec) == recurrent_kinds}
+                 if isinstance(s, RecurrentSpec) == recurrent_kinds and not isinstance(s, ActivitySpec)}
         return {k: v for k, v in kinds.items() if k in self.done}
+
+    def activity_layers(self) -> list[str]:
+        """The layers whose activity regularizer became nodes."""
+        return sorted({s.layer for s, _ in self.specs.values() if isinstance(s, ActivitySpec) and s.layer in self.done})
 
 
 def _is_recurrent(layer) -> bool:
@@ -66,14 +75,23 @@ def stubbed(model) -> Stubs | None:
     if isinstance(model, SavedModelSignature):
         return None
     top = getattr(model, "layers", [])
-    if not any(_is_recurrent(l) or type(l).__name__ in TRAINABLE_KINDS for l in top):
+    if not any(_is_recurrent(l) or type(l).__name__ in TRAINABLE_KINDS or trainable.activity_of(l) for l in top):
         return None
     import keras
 
     stubs = Stubs()
-    rnn_stub, layer_stub = recurrent.stub_class(), trainable.stub_class()
+    rnn_stub, layer_stub, activity = recurrent.stub_class(), trainable.stub_class(), trainable.activity_wrapper()
 
     def clone(layer):
+        inner = clone_one(layer)
+        factors = trainable.activity_of(layer)
+        if isinstance(factors, str):
+            stubs.activity_plain[layer.name] = factors
+        elif factors is not None:
+            return activity(layer, inner, *factors, stubs)
+        return inner
+
+    def clone_one(layer):
         kind = type(layer).__name__
         if _is_recurrent(layer):
             got = recurrent.spec_of(layer)
@@ -87,7 +105,7 @@ def stubbed(model) -> Stubs | None:
                 return layer.__class__.from_config(layer.get_config())
         else:
             return layer.__class__.from_config(layer.get_config())
-        index = len(stubs.specs)
+        index = stubs.next_index()
         stubs.specs[index] = got
         if _is_recurrent(layer):
             return rnn_stub(layer, recurrent.unrolled_layer(layer), index, stubs)
@@ -112,7 +130,7 @@ def replace_stubs(proto, specs: dict, op_prefix: str, model_name: str) -> list[s
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
     pattern = re.compile(rf"(?:^|/){re.escape(op_prefix)}_(\d+)(?:_\d+)?$")
     taken = {t.name for t in proto.graph.initializer}
-    nodes, functions, done = [], [], []
+    nodes, functions, done, bodies = [], [], [], set()
     for node in proto.graph.node:
         m = pattern.search(node.name) if node.op_type == "PyFunc" else None
         if m is None:
@@ -134,8 +152,10 @@ def replace_stubs(proto, specs: dict, op_prefix: str, model_name: str) -> list[s
         scope = node.name.rsplit("/", 1)[0] + "/" if "/" in node.name else ""
         nodes.append(helper.make_node(spec.op_type, inputs, list(node.output), name=f"{scope}{spec.op_type}",
                                       domain=DOMAIN, overload=spec.layer, keras=spec.to_json()))
-        if spec.layer not in done:   # a layer called twice has one function
+        if (spec.op_type, spec.layer) not in bodies:   # a layer called twice has one function
             functions.append(_function(spec, opset))
+            bodies.add((spec.op_type, spec.layer))
+        if spec.layer not in done:
             done.append(spec.layer)
     if not done:
         return done

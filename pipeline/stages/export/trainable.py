@@ -7,6 +7,11 @@ that trains, each such layer is a stub (``stubs.py``): a ``tf.numpy_function`` w
 layer's input and shape, which ``stubs.replace_stubs`` turns into one
 ``ai.keras2torch::<kind>`` node with its spec and weights (``core.trainable``).
 
+A layer with an ``activity_regularizer`` (``activity_of``) is wrapped (``activity_wrapper``):
+its copy (or its stub) runs, then each of its outputs goes through a stub that becomes an
+identity node ``ai.keras2torch::ActivityRegularization`` with the L1/L2 factors, which the
+generator makes a module that records Keras' term of that output.
+
 ``spec_of`` says why a layer cannot be one node (renorm, a Dropout's ``noise_shape``); that
 layer stays as it was (folded or gone, as before), and ``meta.json`` says why.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.core.trainable import BatchNormSpec, DropoutSpec
+from pipeline.core.trainable import ACTIVITY, ActivitySpec, BatchNormSpec, DropoutSpec
 
 
 def spec_of(layer) -> tuple[BatchNormSpec | DropoutSpec, list[np.ndarray]] | str:
@@ -80,3 +85,56 @@ def stub_class():
 
 def _never_run(*_):
     raise RuntimeError("a layer stub ran: it exists for tf2onnx's trace only")
+
+
+def activity_of(layer) -> tuple[float, float] | str | None:
+    """``(l1, l2)`` of the layer's activity regularizer, None when it has none, or why it is
+    not ported (a regularizer that is not Keras' L1/L2/L1L2)."""
+    r = getattr(layer, "activity_regularizer", None)
+    if r is None:
+        return None
+    cfg = r.get_config() if hasattr(r, "get_config") else {}
+    if type(r).__name__ not in ("L1", "L2", "L1L2") or not set(cfg) <= {"l1", "l2"}:
+        return f"activity regularizer {type(r).__name__} (only L1/L2/L1L2 are ported)"
+    return float(cfg.get("l1", 0.0)), float(cfg.get("l2", 0.0))
+
+
+def activity_wrapper():
+    """A layer class that runs ``inner`` (the layer's copy or stub) and passes each output
+    through an activity stub (``stubs.replace_stubs`` makes it an ``ActivityRegularization``
+    node). ``indices`` reserves one stub index per output, filled on the trace."""
+    import keras
+    import tensorflow as tf
+
+    class ActivityStub(keras.layers.Layer):
+        def __init__(self, original, inner, l1: float, l2: float, stubs):
+            super().__init__(name=original.name, dtype=original.dtype_policy)
+            self.inner = inner
+            self.l1, self.l2 = l1, l2
+            self._stubs = stubs
+            self._indices: dict[int, int] = {}
+            self._original_mask = original.compute_mask
+            self.supports_masking = True
+
+        def compute_mask(self, inputs, mask=None):
+            return self._original_mask(inputs, mask)
+
+        def call(self, *args, training=None, mask=None, **kwargs):
+            if training is not None and getattr(self.inner, "_call_has_training_arg", False):
+                kwargs["training"] = training
+            if any(m is not None for m in tf.nest.flatten(mask)) and getattr(self.inner, "_call_has_mask_arg", False):
+                kwargs["mask"] = mask
+            ys = self.inner(*args, **kwargs)
+            flat = tf.nest.flatten(ys)
+            out = []
+            for k, y in enumerate(flat):
+                if k not in self._indices:
+                    self._indices[k] = self._stubs.next_index()
+                    self._stubs.specs[self._indices[k]] = (
+                        ActivitySpec(kind=ACTIVITY, layer=self.name, l1=self.l1, l2=self.l2, output=k), [])
+                i = self._indices[k]
+                z = tf.numpy_function(_never_run, [y], [y.dtype], stateful=True, name=f"{self._stubs.op}_{i}")
+                out.append(tf.ensure_shape(z[0], y.shape))
+            return tf.nest.pack_sequence_as(ys, out)
+
+    return ActivityStub

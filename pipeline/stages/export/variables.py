@@ -9,8 +9,9 @@ Per top-level layer, besides ``name`` and ``class`` (layers with weights only):
   where every element is 0 (tf2onnx folds an ``Add`` of an all-zero bias away: the
   generator then adds the bias back as a zero parameter, and only then);
 - ``use_bias`` where the layer has the option; ``regularizers``: ``{"kernel": {"l1": .., "l2":
-  ..}, ...}`` for its kernel/bias/activity regularizers (``{"unsupported": class}`` for one
-  that is not L1/L2).
+  ..}, ...}`` for its kernel/recurrent/bias/activity regularizers (``{"unsupported": class}``
+  for one that is not L1/L2); a ``Bidirectional``: its forward layer's (``wrapped_class``),
+  and ``backward_regularizers`` for the backward layer's.
 
 ``losses_reference``: ``sum(model.losses)`` and Keras' trainable weight count, the values
 the port's ``regularization_loss()`` and its ``requires_grad`` parameters are checked against.
@@ -24,7 +25,7 @@ import numpy as np
 
 WEIGHTS_NPZ = "keras_weights.npz"
 MAX_NPZ_BYTES = 128 << 20   # above this (VGG16: 553 MB), the map is built without the Keras values (unverified)
-_REGULARIZED = ("kernel", "bias", "activity")
+_REGULARIZED = ("kernel", "recurrent", "bias", "activity")
 
 
 def var_path(v) -> str:
@@ -44,6 +45,19 @@ def _regularizer(r) -> dict | None:
     return {"unsupported": type(r).__name__}
 
 
+def _regularizers(layer) -> dict:
+    """``{role: {"l1", "l2"}}`` of a layer's regularizers (a recurrent layer's are its cell's)."""
+    own = getattr(layer, "cell", None)
+    regs = {}
+    for k in _REGULARIZED:
+        r = getattr(layer, f"{k}_regularizer", None)
+        if r is None and own is not None and k != "activity":
+            r = getattr(own, f"{k}_regularizer", None)
+        if (r := _regularizer(r)):
+            regs[k] = r
+    return regs
+
+
 def layer_facts(model) -> list[dict]:
     """``meta.json`` ``keras_layers``: name, class and, for layers with weights, the facts above."""
     out = []
@@ -51,7 +65,15 @@ def layer_facts(model) -> list[dict]:
         entry = {"name": layer.name, "class": type(layer).__name__}
         out.append(entry)
         weights = list(getattr(layer, "weights", []))
-        regs = {k: r for k in _REGULARIZED if (r := _regularizer(getattr(layer, f"{k}_regularizer", None)))}
+        bidi = type(layer).__name__ == "Bidirectional"
+        regs = _regularizers(layer.forward_layer if bidi else layer)
+        if bidi:   # the wrapped layers' regularizers (Keras counts both directions); the wrapper's activity one
+            entry["wrapped_class"] = type(layer.forward_layer).__name__
+            regs.pop("activity", None)
+            if (act := _regularizer(getattr(layer, "activity_regularizer", None))):
+                regs["activity"] = act
+            if (back := {k: v for k, v in _regularizers(layer.backward_layer).items() if k != "activity"}):
+                entry["backward_regularizers"] = back
         if regs:
             entry["regularizers"] = regs
         if not weights:
@@ -70,10 +92,15 @@ def layer_facts(model) -> list[dict]:
     return out
 
 
-def losses_reference(model) -> dict:
-    """``sum(model.losses)`` (weight regularizers; activity terms of the last call if Keras
-    kept them), how many terms, and the count of trainable weight elements."""
+def losses_reference(model, call=None) -> dict:
+    """``sum(model.losses)`` after an eager ``call()`` (the model on the reference inputs,
+    ``training=False``): the weight regularizers and the activity regularizers' terms of that
+    call (Keras keeps those of the last call; the traced reference call leaves symbolic ones),
+    how many terms, and the count of trainable weight elements."""
     try:
+        if call is not None and any(getattr(l, "activity_regularizer", None) is not None
+                                    for l in model._flatten_layers(include_self=False)):
+            call()
         losses = [float(np.asarray(v)) for v in model.losses]
     except Exception as e:   # a SavedModel signature, or a layer whose losses need a call
         return {"error": f"{type(e).__name__}: {e}"}

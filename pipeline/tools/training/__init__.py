@@ -5,11 +5,14 @@ valid); ``report.json`` shows it as ``training``.
 
 On the reference batch (``export/reference.npz``), a seeded target per output
 (``targets_for``) and loss = sum over outputs of mean((y - target)**2) +
-the weight regularizers (Keras: ``sum(model.losses)``; the port: ``regularization_loss()``),
+the regularizers (Keras: ``sum(model.losses)``; the port: ``regularization_loss()``, weights
+and the activity terms of the forward),
 Keras (``keras_side``, a TensorFlow process) and the port (``torch_side``) run:
 
 1. ``forward``: train-mode outputs (batch statistics; dropout rates 0) within
-   ``OUT_RTOL`` of the output's scale + ``OUT_ATOL``;
+   ``OUT_RTOL`` of the output's scale + ``OUT_ATOL``, and the regularization after that
+   forward (weight regularizers and the activity terms of its outputs) within ``OUT_RTOL``
+   relative + ``OUT_ATOL``;
 2. ``moving_statistics``: every non-trainable variable after that forward (the moving mean
    and variance), through ``weights_map.json``, within ``STATS_RTOL`` of its scale;
 3. ``gradients``: the gradient of every trainable Keras variable, mapped through
@@ -24,7 +27,8 @@ Keras (``keras_side``, a TensorFlow process) and the port (``torch_side``) run:
    target goes from 2.27 to 3.9e-7 in 10 steps, where float32 outputs of size 1 leave the
    residual, and so the loss, 3e-4 relative noise), every variable at the end within
    ``WEIGHT_RTOL`` of its scale;
-5. ``noise``: the dropout family at its own rates (``noise.py``).
+5. ``noise``: the dropout family, and the recurrent layers' ``dropout``/``recurrent_dropout``,
+   at their own rates (``noise.py``).
 
 ``status``: "ok" when all five pass, "mismatch" otherwise, "skipped" (with the reason) for
 a model without Keras weights to train (a SavedModel signature).
@@ -147,7 +151,8 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
     from pipeline.tools.training import torch_side
 
     layer_module = {layer: m for m, layer in wmap.get("modules", {}).items()}
-    expected = {layer_module.get(layer, layer): attrs for layer, attrs in kinfo["zeroed"].items()}
+    expected = {layer_module.get(layer, layer): attrs
+                for layer, attrs in {**kinfo["zeroed"], **kinfo["recurrent_dropout"]}.items()}
     try:
         t = torch_side.run(lambda: load_generated(mdir), [feeds_cf[i["name"]] for i in meta["inputs"]], t_port,
                            LR, STEPS, settings.seed, expected)
@@ -164,9 +169,10 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
         o = t["outputs"][i]
         o = np.transpose(o, to_last(o.ndim)) if n in cf_out else o
         outs[n] = _close(karr[f"out:{i}"], o, OUT_RTOL, OUT_ATOL)
-    forward = {"ok": all(r["ok"] for r in outs.values()), "rtol": OUT_RTOL, "atol": OUT_ATOL, "outputs": outs,
-               "loss": {"keras": kinfo["loss"], "torch": t["loss"]},
-               "regularization": {"keras": kinfo["regularization"], "torch": t["regularization"]}}
+    reg_ok = abs(kinfo["regularization"] - t["regularization"]) <= OUT_RTOL * abs(kinfo["regularization"]) + OUT_ATOL
+    forward = {"ok": all(r["ok"] for r in outs.values()) and reg_ok, "rtol": OUT_RTOL, "atol": OUT_ATOL,
+               "outputs": outs, "loss": {"keras": kinfo["loss"], "torch": t["loss"]},
+               "regularization": {"keras": kinfo["regularization"], "torch": t["regularization"], "ok": reg_ok}}
 
     # 2. moving statistics (every non-trainable Keras variable) after that forward
     stats = [(r["keras"], r["torch"], _close(apply(r["transform"], karr[f"after:{r['keras']}"]),
@@ -208,20 +214,18 @@ def run(mdir: ModelDir, settings: Settings) -> dict:
            "lr": LR, "steps": STEPS, "loss_rtol": LOSS_RTOL, "loss_floor": LOSS_FLOOR, "keras_losses": kl, "torch_losses": tl,
            "max_loss_rel_err": max(loss_err, default=0.0), "final_weights": final}
 
-    # 5. the dropout family at its own rates; recurrent layers' own dropout is not ported
+    # 5. the dropout family and the recurrent layers' own dropout at their own rates
     modules = list(t["noise"])
     for m in sorted(set(t["zeroed"]) - set(expected)):
         modules.append({"module": m, "kind": "dropout", "rate": t["zeroed"][m], "ok": False,
                         "error": "drops in the port where the Keras layer it comes from does not"})
-    for layer, args in kinfo["recurrent_dropout"].items():
-        modules.append({"module": layer, "kind": "recurrent dropout", "rate": args, "ok": False,
-                        "error": "the port's recurrent module does not drop in train() (Keras' dropout/"
-                                 "recurrent_dropout arguments are not ported)"})
     noise = {"ok": all(m["ok"] for m in modules), "z": 3.0, "modules": modules}
 
-    if kinfo["activity_regularized"]:
-        warnings.append(f"activity regularizers of {kinfo['activity_regularized']} are not ported: "
-                        "the port's regularization_loss() leaves them out")
+    ported = set(meta.get("trainable", {}).get("activity_regularizers", {}).get("nodes", []))
+    missing = [layer for layer in kinfo["activity_regularized"] if layer not in ported]
+    if missing:
+        warnings.append(f"activity regularizers of {missing} are not ported: the port's regularization_loss() "
+                        "leaves them out (export/meta.json trainable.activity_regularizers says why)")
     checks = {"forward": forward, "moving_statistics": moving, "gradients": gradients, "sgd": sgd, "noise": noise}
     summary = {"status": "ok" if all(c["ok"] for c in checks.values()) else "mismatch",
                "batch": int(next(iter(inputs.values())).shape[0]) if inputs else None,

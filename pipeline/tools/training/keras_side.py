@@ -27,7 +27,7 @@ import numpy as np
 # the dropout family and the attribute that makes each deterministic (0: identity in training)
 ZEROED = {"Dropout": "rate", "SpatialDropout1D": "rate", "SpatialDropout2D": "rate", "SpatialDropout3D": "rate",
           "GaussianDropout": "rate", "AlphaDropout": "rate", "GaussianNoise": "stddev"}
-# recurrent layers' own dropout arguments: the port has no train-time dropout for them
+# recurrent layers' own dropout arguments (the port's Keras<kind> cell modules apply them in train())
 RECURRENT_DROPOUT = ("dropout", "recurrent_dropout")
 
 

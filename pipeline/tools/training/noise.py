@@ -12,6 +12,12 @@ the module sees in the model, repeated until there are at least ``MIN_UNITS`` un
 - ``KerasGaussianNoise``: ``y - x`` has mean 0 and std ``stddev``;
 - ``KerasGaussianDropout``: ``y / x`` has mean 1 and std ``sqrt(rate / (1 - rate))``.
 
+- ``KerasLSTM``/``KerasGRU``/``KerasSimpleRNN`` (Keras' ``dropout``/``recurrent_dropout``): the
+  masks the module drew in one train-mode call (``masks``: input, recurrent) are one
+  (batch, features) tensor per gate (LSTM 4, GRU 3 with ``per_gate``, else 1), used at every
+  step (the module multiplies every step by the same tensors; the check asserts their shape);
+  each rate's fraction of zeros is the rate, the kept entries are ``1 / (1 - rate)``.
+
 A fraction passes within ``Z`` standard errors (``sqrt(p (1 - p) / n)``) of the rate; a
 standard deviation within ``Z`` standard errors (``sigma / sqrt(2 n)``) of its value, a mean
 within ``Z * sigma / sqrt(n)``.
@@ -85,6 +91,44 @@ def check_module(name: str, m, shape: tuple, seed: int) -> dict | None:
             "measured_mean": mean, "expected_mean": mean_ref, "units": n, "standard_error": se, "ok": ok}
 
 
+RECURRENT = ("KerasLSTM", "KerasGRU", "KerasSimpleRNN")
+
+
+def check_recurrent(name: str, m, shape: tuple, keras_rates: dict, seed: int) -> list[dict]:
+    """Check 5 for a recurrent cell module: one entry per dropout argument Keras has."""
+    import torch
+
+    features = {"dropout": shape[-1], "recurrent_dropout": m.units}
+    reps = max(1, math.ceil(MIN_UNITS / max(1, min(features.values()))))
+    gen = torch.Generator().manual_seed(seed)
+    x = 0.5 + torch.rand((reps, *shape[1:]), generator=gen)
+    torch.manual_seed(seed)
+    m.train()
+    with torch.no_grad():
+        m(x)
+    masks = dict(zip(("dropout", "recurrent_dropout"), m.masks or (None, None)))
+    out = []
+    for attr, keras_rate in sorted(keras_rates.items()):
+        rate = float(getattr(m, attr))
+        got = masks.get(attr)
+        entry = {"module": name, "kind": f"recurrent {attr}", "rate": rate}
+        if got is None:
+            out.append({**entry, "ok": False, "error": f"the module drew no {attr} mask in train()"})
+            continue
+        mk = torch.stack(got)   # (gates, batch, features): one mask per call, the same at every step
+        dropped = mk == 0
+        scaled = bool(torch.allclose(mk[~dropped], torch.full_like(mk[~dropped], 1 / (1 - rate)),
+                                     rtol=SCALE_RTOL, atol=0))
+        shape_ok = tuple(mk.shape) == (m.gates, reps, features[attr])
+        r = _fraction(name, entry["kind"], rate, dropped.numpy(), mk.numel(), scaled=scaled, gates=m.gates,
+                      per_call_mask=shape_ok)
+        r["ok"] = r["ok"] and shape_ok
+        if not math.isclose(rate, keras_rate, rel_tol=1e-9):
+            r.update(ok=False, keras_rate=keras_rate, error=f"the module's rate {rate:g} is not Keras' {keras_rate:g}")
+        out.append(r)
+    return out
+
+
 def check(model, shapes: dict[str, tuple], rates: dict[str, dict], own: dict[str, dict], seed: int) -> list[dict]:
     """Check 5 for every module of ``rates`` ({module: {attr: rate}}: Keras' rates of the
     layers the modules come from), at the input shape it saw (``shapes``). The module runs
@@ -103,7 +147,15 @@ def check(model, shapes: dict[str, tuple], rates: dict[str, dict], own: dict[str
         if name not in shapes:
             out.append({"module": name, "ok": False, "error": "the module did not run in the forward pass"})
             continue
+        if type(m).__name__ in RECURRENT:
+            out += check_recurrent(name, m, shapes[name], attrs, seed + k)
+            continue
         r = check_module(name, m, shapes[name], seed + k)
+        if r is None and set(attrs) <= {"dropout", "recurrent_dropout"}:
+            out.append({"module": name, "kind": "recurrent dropout", "rate": attrs, "ok": False,
+                        "error": f"the port's {type(m).__name__} does not drop in train() (Keras' dropout/"
+                                 "recurrent_dropout need the Keras<kind> cell module)"})
+            continue
         if r is None:
             continue
         keras_rate = next(iter(attrs.values()))

@@ -5,7 +5,8 @@ depend on the order of the elements).
 
 The dropout family's rates are set to 0 for the comparison (``zero_rates``: ``p`` of
 ``nn.Dropout*``/``nn.AlphaDropout`` and the generated ``Keras*`` noise modules, ``stddev``
-of ``KerasGaussianNoise``); ``noise.py`` checks them at their own rates."""
+of ``KerasGaussianNoise``, ``dropout``/``recurrent_dropout`` of the ``KerasLSTM``/``KerasGRU``/
+``KerasSimpleRNN`` cell modules); ``noise.py`` checks them at their own rates."""
 
 from __future__ import annotations
 
@@ -18,14 +19,21 @@ RATE_ATTR = {"Dropout": "p", "Dropout1d": "p", "Dropout2d": "p", "Dropout3d": "p
              "KerasSpatialDropout": "p", "KerasGaussianDropout": "p", "KerasGaussianNoise": "stddev"}
 
 
+# the recurrent cell modules' own dropout (Keras' ``dropout``/``recurrent_dropout`` arguments)
+RECURRENT_ATTRS = {"KerasLSTM": ("dropout", "recurrent_dropout"), "KerasGRU": ("dropout", "recurrent_dropout"),
+                   "KerasSimpleRNN": ("dropout", "recurrent_dropout")}
+
+
 def zero_rates(model) -> dict:
-    """Set every dropout-family module's rate to 0; ``{module name: {attr: old rate}}``."""
+    """Set every dropout-family module's rate (and the recurrent cell modules' ``dropout``/
+    ``recurrent_dropout``) to 0; ``{module name: {attr: old rate}}``."""
     zeroed = {}
     for name, m in model.named_modules():
-        attr = RATE_ATTR.get(type(m).__name__)
-        if attr and getattr(m, attr):
-            zeroed[name] = {attr: float(getattr(m, attr))}
-            setattr(m, attr, 0.0)
+        kind = type(m).__name__
+        for attr in RECURRENT_ATTRS.get(kind, (RATE_ATTR[kind],) if kind in RATE_ATTR else ()):
+            if getattr(m, attr):
+                zeroed.setdefault(name, {})[attr] = float(getattr(m, attr))
+                setattr(m, attr, 0.0)
     return zeroed
 
 

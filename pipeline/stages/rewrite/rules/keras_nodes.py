@@ -1,6 +1,7 @@
 """The export stage's single-node Keras layers (``ai.keras2torch::<kind>``, ``core.trainable``).
 
-- ``Dropout``, ``GaussianNoise``, ``GaussianDropout``, ``AlphaDropout``: element-wise,
+- ``Dropout``, ``GaussianNoise``, ``GaussianDropout``, ``AlphaDropout`` and
+  ``ActivityRegularization`` (an activity regularizer's identity node): element-wise,
   the Transpose passes through unchanged.
 - ``BatchNormalization``, ``SpatialDropout1D/2D/3D``: per channel on the spec's ``axis``;
   the Transpose passes through and the axis becomes ``p[axis]`` in the ``keras``
@@ -22,7 +23,8 @@ def _transposed_data(ctx, node):
     return p if p is not None else ctx.fail(node, "the transposed input is not the data input")
 
 
-@handles(*(f"{DOMAIN}::{k}" for k in ("Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout")))
+@handles(*(f"{DOMAIN}::{k}" for k in ("Dropout", "GaussianNoise", "GaussianDropout", "AlphaDropout",
+                                      "ActivityRegularization")))
 def elementwise(ctx, node):
     p = _transposed_data(ctx, node)
     return push_same_layout(ctx, node, [0], p) if isinstance(p, tuple) else p
