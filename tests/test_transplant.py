@@ -231,7 +231,7 @@ def test_vgg16_flatten_order_then_parity_with_fold_flatten(out):
     """torchvision's vgg16 for keras.applications.VGG16 (224x224, He-scaled kernels, no
     softmax: tests/transplant_models.py:vgg16). Keras flattens block5_pool's 7x7x512
     channels-last; torchvision's classifier.0 takes the channels-first flatten. Measured
-    (2 cores): about 110 s and 4 GB peak for the stages and the transplant, 16 s for a rerun's transplant."""
+    (2 cores): 190 s and 4.0 GB peak RSS for this test (the stages and both transplants)."""
     model = "tests/transplant_models.py:vgg16"
     proc, rep, _ = transplant(out, model, "vgg16")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -36,8 +36,12 @@ def table(s: dict) -> str:
         f = s["first_diverging"]
         lines.append(f"first diverging module: {f['module']!r} (Keras layer {f['layer']!r}), "
                      f"max rel err {_fmt(f['max_rel_err'])}")
-    for w in s.get("warnings", []):
-        lines.append(f"warning [{w['kind']}]: {w['message']}")
+    shown: dict = {}
+    for w in s.get("warnings", []):   # six per kind (MobileNetV2: a momentum warning per batch norm)
+        shown[w["kind"]] = shown.get(w["kind"], 0) + 1
+        if shown[w["kind"]] <= 6:
+            lines.append(f"warning [{w['kind']}]: {w['message']}")
+    lines += [f"warning [{k}]: and {n - 6} more (report.json)" for k, n in shown.items() if n > 6]
     for g in s["traps"]:
         mods = ", ".join(f"{m['module']} ({m['layer']})" for m in g["modules"][:6])
         more = f" and {g['count'] - 6} more" if g["count"] > 6 else ""
