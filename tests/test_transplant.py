@@ -134,8 +134,12 @@ def test_bad_target_is_one_clear_error_and_keeps_the_previous_results(out):
     ("gru_reset_after", "GruNet", True, None, None),
     ("gru_reset_before", "GruNet", False, "gru_reset_after", "gru"),
     ("strided_same", "StridedConv", False, "same_padding", "conv"),
+    ("gelu_exact", "GeluNet", True, None, None),
+    ("gelu_tanh", "gelu_net_tanh", True, None, None),
+    ("hard_sigmoid", "HardSigmoidNet", True, None, None),
+    ("upsample_bilinear", "UpNet", True, None, None),
 ], ids=["lstm-text", "resnet-block", "resnet-block-torch-eps", "gru-reset-after", "gru-reset-before",
-        "strided-same-padding"])
+        "strided-same-padding", "gelu-exact", "gelu-tanh", "hard-sigmoid", "upsample-bilinear"])
 def test_layer_kinds(out, model, net, ok, trap, module):
     proc, rep, folder = transplant(out, f"tests/transplant_models.py:{model}", net)
     assert proc.returncode == (0 if ok else 1), proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -153,6 +157,59 @@ def test_layer_kinds(out, model, net, ok, trap, module):
     assert keys >= {r["user"] for r in json.loads((folder / "mapping.json").read_text())["map"]}
 
 
+@pytest.mark.parametrize("model, net, module, says", [
+    # fused in Keras' Dense: the GELU after the failing module
+    ("gelu_exact", "gelu_net_tanh", "fc1", "approximate='tanh'; the Keras model's gelu is exact (erf): use "
+                                           "nn.GELU(approximate='none')"),
+    # an Activation layer of its own: the GELU before the failing module
+    ("gelu_tanh", "GeluNet", "fc2", "approximate='none'; the Keras model's gelu is the tanh approximation: use "
+                                    "nn.GELU(approximate='tanh')"),
+    ("hard_sigmoid", "hard_sigmoid_net_old", "fc1", "(OldHardSigmoid) computes another function than Keras layer "
+                                                    "'fc1''s, which is relu6(x + 3) / 6"),
+    ("upsample_bilinear", "up_net_nearest", "conv2", "mode='nearest', align_corners=None; Keras' resize matches "
+                                                     "mode='bilinear', align_corners=False"),
+    ("upsample_bilinear", "up_net_align_corners", "conv2", "mode='bilinear', align_corners=True; Keras' resize "
+                                                           "matches mode='bilinear', align_corners=False"),
+], ids=["gelu-tanh-for-exact", "gelu-exact-for-tanh", "hard-sigmoid-keras2", "resize-nearest", "resize-align-corners"])
+def test_activation_and_resize_traps(out, model, net, module, says):
+    """The wrong GELU, hard sigmoid or resize mode: the module it feeds (or follows) named,
+    the trap explaining it by measurement (within tolerance with the other definition)."""
+    proc, rep, _ = transplant(out, f"tests/transplant_models.py:{model}", net)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = next(iter(rep["outputs"].values()))
+    assert r["max_abs_err"] > 10 * (RTOL * r["scale"] + ATOL), r   # off by more than rounding
+    assert rep["first_diverging"]["module"] == module
+    f = rep["findings"][0]
+    assert f["module"] == module and f["explained"] and rep["explained"], rep["findings"]
+    assert f["max_rel_err_after"] <= RTOL < f["max_rel_err_before"]
+    assert says in f["message"], f["message"]
+
+
+def test_batchnorm_momentum_is_a_warning_naming_the_layer(out):
+    """torch's default momentum 0.1 is not 1 - Keras' 0.99: the same in eval (exit 0), a
+    warning per batch norm in report.json; momentum=0.01 gives none."""
+    proc, rep, _ = transplant(out, "tests/transplant_models.py:resnet_block", "ResBlock")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ws = [w for w in rep["warnings"] if w["kind"] == "batchnorm_momentum"]
+    assert [(w["module"], w["layer"]) for w in ws] == [("bn1", "bn1"), ("bn2", "bn2")]
+    assert ws[0]["user_momentum"] == pytest.approx(0.1, rel=1e-6)
+    assert ws[0]["keras_momentum"] == pytest.approx(0.99, rel=1e-6)
+    assert "momentum=0.01" in ws[0]["message"] and "warning [batchnorm_momentum]" in proc.stdout
+    proc, rep, _ = transplant(out, "tests/transplant_models.py:resnet_block", "res_block_keras_momentum")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert rep["warnings"] == []
+
+
+def test_module_called_twice_is_said_compared_on_its_first_call(out):
+    proc, rep, _ = transplant(out, SEED[0], "SeedConvTwice")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [(w["kind"], w["module"], w["layer"], w["calls"]) for w in rep["warnings"]] == \
+        [("called_more_than_once", "conv", "conv1d", 2)]
+    assert "first call only" in rep["warnings"][0]["message"]
+    proc, rep, _ = transplant(out, SEED[0], "SeedPermute")
+    assert proc.returncode == 0 and rep["warnings"] == []
+
+
 # ---------------------------------------------------------------- torchvision modules for keras.applications
 
 @pytest.mark.slow
@@ -167,3 +224,25 @@ def test_mobilenet_v2_names_asymmetric_padding(out):
     assert (f["trap"], f["module"], f["layer"]) == ("same_padding", "features.0.0", "Conv1")
     assert "asymmetric" in f["message"]
     assert "same_padding" in {g["trap"] for g in rep["traps"]}
+
+
+@pytest.mark.slow
+def test_vgg16_flatten_order_then_parity_with_fold_flatten(out):
+    """torchvision's vgg16 for keras.applications.VGG16 (224x224, He-scaled kernels, no
+    softmax: tests/transplant_models.py:vgg16). Keras flattens block5_pool's 7x7x512
+    channels-last; torchvision's classifier.0 takes the channels-first flatten. Measured
+    (2 cores): 190 s and 4.0 GB peak RSS for this test (the stages and both transplants)."""
+    model = "tests/transplant_models.py:vgg16"
+    proc, rep, _ = transplant(out, model, "vgg16")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not rep["unmatched_user"] and not rep["unmatched_keras"]
+    assert (rep["first_diverging"]["module"], rep["first_diverging"]["layer"]) == ("classifier.0", "fc1")
+    assert [(f["trap"], f["module"], f["layer"]) for f in rep["findings"]] == [("flatten_order", "classifier.0", "fc1")]
+    assert rep["explained"] and "x.permute(0, 2, 3, 1)" in rep["findings"][0]["message"]
+    assert all(r["ok"] for r in rep["layers"][:13]), rep["layers"][:13]    # the 13 convs match
+    proc, rep, folder = transplant(out, model, "vgg16", "--fold-flatten")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert rep["status"] == "ok" and rep["findings"] == [] and all(r["ok"] for r in rep["layers"])
+    _within(rep)
+    row = next(r for r in json.loads((folder / "mapping.json").read_text())["map"] if r["user"] == "classifier.0.weight")
+    assert "row_permutation" in row["transform"] and "from_port" in row["transform"]

@@ -11,7 +11,9 @@ them), and writes only ``<model>/transplant/``, replaced atomically:
   what stayed unmatched (with shapes) and pairs made by order among several that fit
 - ``report.json`` / ``report.html``: outputs against Keras (``compare_arrays``, the compare
   stage's tolerance), per paired module against its Keras layer, the first that diverges
-  and the traps that explain it (``diagnosis.py``, ``traps.py``)
+  and the traps that explain it (``diagnosis.py``, ``traps.py``), and ``warnings``: a batch
+  norm's momentum not 1 - Keras', a paired module called more than once (compared on its
+  first call only)
 
 ``status`` is ``ok`` only when every user parameter got a Keras value, every output is
 within tolerance and no paired module's output is off its Keras layer's (tiny random-weight
@@ -66,8 +68,9 @@ def run(mdir: ModelDir, settings: Settings, into: str, init_args: str | None = N
                             model=name, hint="make transplant runs `export --layers-only` for you")
     inputs, outputs = load_reference(exp / "reference.npz")
     net = userfile.build(into, init_args, name)
-    feeds, layout, order = _feeds(net, meta, facts, inputs, input_layout, into, name)
+    feeds, layout, order, calls = _feeds(net, meta, facts, inputs, input_layout, into, name)
     m = matching.match(net, order, meta["keras_layers"])
+    keras_facts = _keras_facts(mdir, meta)
     perms = _flatten_perms(meta["keras_layers"], read_json(keras_layers.folder(mdir) / "layers.json")["layers"], wmap)
     state, mapping = _state(net, m, perms, fold_flatten, mdir, wmap, facts)
     missing = net.load_state_dict(state, strict=False).missing_keys
@@ -82,7 +85,7 @@ def run(mdir: ModelDir, settings: Settings, into: str, init_args: str | None = N
         ok = all(r["ok"] for r in results.values()) and not m["unmatched_user"] and first is None
         findings, rows_fixed = [], rows
         if first is not None:
-            ctx = _contexts(mdir, net, m, perms, meta, order)
+            ctx = _contexts(net, m, perms, order, keras_facts)
             findings, rows_fixed = diagnose(lambda: per_layer(net, feeds, pairs, acts, cf, rtol, atol)[1], ctx, rows)
     summary = {
         "model": meta["model"], "into": into, "init_args": init_args, "input_layout": layout,
@@ -93,7 +96,7 @@ def run(mdir: ModelDir, settings: Settings, into: str, init_args: str | None = N
         "findings": findings, "traps": grouped(findings),
         "explained": bool(findings) and all(f["explained"] for f in findings)
         and first_failing_after(rows_fixed) is None,
-        "layers": rows, "unmatched_user": m["unmatched_user"], "unmatched_keras": m["unmatched_keras"],
+        "layers": rows, "warnings": _warnings(net, m, calls, keras_facts), "unmatched_user": m["unmatched_user"], "unmatched_keras": m["unmatched_keras"],
         "ambiguous": [{"module": p.unit, "layer": p.layer, "also_fits": p.ambiguous} for p in m["pairs"] if p.ambiguous],
         "not_in_state_dict": missing,
     }
@@ -113,7 +116,7 @@ def first_failing_after(rows: list[dict]):
 
 
 def _feeds(net, meta: dict, facts: dict, inputs: dict, layout: str, into: str, name: str):
-    """(torch inputs, the layout used, module call order); ``auto`` tries the port's
+    """(torch inputs, the layout used, module call order, calls per module); ``auto`` tries the port's
     channels-first layout, then Keras' channels-last one."""
     import torch
 
@@ -133,8 +136,9 @@ def _feeds(net, meta: dict, facts: dict, inputs: dict, layout: str, into: str, n
             t = torch.from_numpy(np.ascontiguousarray(x))
             feeds.append(t.long() if np.issubdtype(x.dtype, np.integer) else t)
         try:
-            _, order = call_order(net, feeds)
-            return feeds, lay, order
+            calls: dict = {}
+            _, order = call_order(net, feeds, calls)
+            return feeds, lay, order, calls
         except ForwardError as e:
             errors.append(f"{lay}: {e}" + (f" (in module {e.module!r})" if e.module else ""))
     shapes = [list(inputs[i["name"]].shape) for i in meta["inputs"]]
@@ -254,10 +258,10 @@ def _compare_outputs(meta, outputs: dict, outs: list, cf: bool, rtol, atol) -> d
     return res
 
 
-def _contexts(mdir: ModelDir, net, m: dict, perms: dict, meta: dict, order: list[str]):
-    """A function of a failing row giving its trap ``Context``; Keras' batch-norm epsilon
-    and momentum come from the generated port (``KerasBatchNorm*d``), loaded when needed."""
-    pairs = {p.unit: p for p in m["pairs"]}
+def _keras_facts(mdir: ModelDir, meta: dict):
+    """A function (Keras layer, class) -> what a trap or a warning needs of it: GRU's
+    ``reset_after``; a batch norm's ``eps`` and Keras ``momentum`` from the generated port
+    (``KerasBatchNorm*d``, torch momentum = 1 - Keras'), loaded when first needed."""
     entries = {e["name"]: e for e in meta["keras_layers"]}
     port = {}
 
@@ -279,13 +283,49 @@ def _contexts(mdir: ModelDir, net, m: dict, perms: dict, meta: dict, order: list
             return {}
         bn = port["module"].get_submodule(mod_name)
         return {"eps": float(bn.eps), "momentum": 1.0 - float(bn.momentum)} if hasattr(bn, "eps") else {}
+    return keras_facts
+
+
+def _warnings(net, m: dict, calls: dict, keras_facts) -> list[dict]:
+    """What does not change this comparison but the user should know, per module:
+    ``batchnorm_momentum`` (a batch norm whose momentum is not 1 - Keras' momentum: the
+    running statistics move differently once it trains; eval ignores it) and
+    ``called_more_than_once`` (a paired module is compared on its first call only)."""
+    import math
+
+    out = []
+    for p in m["pairs"]:
+        mod = net.get_submodule(p.unit)
+        if p.keras_class == "BatchNormalization" and hasattr(mod, "momentum"):
+            k = keras_facts(p.layer, p.keras_class).get("momentum")
+            want = None if k is None else 1.0 - k
+            if want is not None and (mod.momentum is None or not math.isclose(mod.momentum, want, rel_tol=1e-6,
+                                                                              abs_tol=1e-9)):
+                out.append({"kind": "batchnorm_momentum", "module": p.unit, "layer": p.layer,
+                            "user_momentum": mod.momentum, "keras_momentum": k,
+                            "message": f"{p.unit!r} (Keras layer {p.layer!r}) has momentum={mod.momentum}, Keras' "
+                                       f"BatchNormalization momentum={k:g}, i.e. torch momentum={want:g} (1 - "
+                                       f"Keras'): the same in eval, but its running statistics update differently "
+                                       f"once it trains; construct it with momentum={want:g}"})
+        n = calls.get(p.unit, 0)
+        if n > 1:
+            out.append({"kind": "called_more_than_once", "module": p.unit, "layer": p.layer, "calls": n,
+                        "message": f"{p.unit!r} is called {n} times by your forward; it was compared with Keras "
+                                   f"layer {p.layer!r} on its first call only"})
+    return out
+
+
+def _contexts(net, m: dict, perms: dict, order: list[str], keras_facts):
+    """A function of a failing row giving its trap ``Context``."""
+    pairs = {p.unit: p for p in m["pairs"]}
 
     def context_for(row: dict) -> Context:
         p = pairs[row["module"]]
         paired = [n for n in order if n in pairs]
         i = order.index(row["module"])
         prev = max((order.index(n) for n in paired if order.index(n) < i), default=-1)
+        nxt = min((order.index(n) for n in paired if order.index(n) > i), default=len(order))
         perm, rank = perms.get(p.layer, (None, None))
         return Context(net, p.unit, p.layer, p.keras_class, keras_facts(p.layer, p.keras_class), perm, rank,
-                       before=order[prev + 1:i])
+                       before=order[prev + 1:i], after=order[i + 1:nxt])
     return context_for

@@ -12,7 +12,7 @@ def _fmt(v) -> str:
 
 def table(s: dict) -> str:
     """Per paired module: the Keras layer, its errors and where it matched; then outputs,
-    the unmatched, the first divergence and the traps that explain it."""
+    the unmatched, the first divergence, the warnings and the traps that explain it."""
     lines = [f"{'module':<28} {'keras layer':<22} {'abs err':>9} {'rel err':>9}  compared at"]
     first = (s.get("first_diverging") or {}).get("module")
     for r in s["layers"]:
@@ -36,6 +36,12 @@ def table(s: dict) -> str:
         f = s["first_diverging"]
         lines.append(f"first diverging module: {f['module']!r} (Keras layer {f['layer']!r}), "
                      f"max rel err {_fmt(f['max_rel_err'])}")
+    shown: dict = {}
+    for w in s.get("warnings", []):   # six per kind (MobileNetV2: a momentum warning per batch norm)
+        shown[w["kind"]] = shown.get(w["kind"], 0) + 1
+        if shown[w["kind"]] <= 6:
+            lines.append(f"warning [{w['kind']}]: {w['message']}")
+    lines += [f"warning [{k}]: and {n - 6} more (report.json)" for k, n in shown.items() if n > 6]
     for g in s["traps"]:
         mods = ", ".join(f"{m['module']} ({m['layer']})" for m in g["modules"][:6])
         more = f" and {g['count'] - 6} more" if g["count"] > 6 else ""
@@ -59,6 +65,7 @@ def render_html(s: dict) -> str:
     traps = "".join(f"<li><b>{e(g['trap'])}</b> x{g['count']}: "
                     f"{e(', '.join(m['module'] + ' (' + m['layer'] + ')' for m in g['modules']))}"
                     f"<br>{e(g['message'])}</li>" for g in s["traps"])
+    warnings = "".join(f"<li><b>{e(w['kind'])}</b>: {e(w['message'])}</li>" for w in s.get("warnings", []))
     unmatched = "".join(f"<li>module {e(u['module'])} ({e(u['type'])}) {e(str(u['tensors']))}</li>"
                         for u in s["unmatched_user"]) + \
         "".join(f"<li>Keras layer {e(k['layer'])} ({e(k['class'])}) {e(str(k.get('torch_layout') or k.get('variables')))}"
@@ -72,6 +79,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}</style></head><bod
 atol {s['tolerance']['atol']}</p>
 <h2>Outputs</h2><ul>{outs}</ul>
 <h2>Diagnosis</h2><ul>{traps or '<li>none needed</li>'}</ul>
+<h2>Warnings</h2><ul>{warnings or '<li>none</li>'}</ul>
 <h2>Unmatched</h2><ul>{unmatched or '<li>none</li>'}</ul>
 <h2>Per layer</h2>
 <table><tr><th>module</th><th>Keras layer</th><th>max abs err</th><th>max rel err</th><th>ok</th><th>compared at</th></tr>

@@ -54,14 +54,17 @@ class ForwardError(Exception):
         self.cause, self.module = cause, module
 
 
-def call_order(model, feeds: list) -> tuple[list, list[str]]:
-    """(the model's output tensors, module names in first-call order)."""
+def call_order(model, feeds: list, counts: dict | None = None) -> tuple[list, list[str]]:
+    """(the model's output tensors, module names in first-call order); ``counts``, when
+    given, gets how many times each module was called."""
     import torch
 
     order, stack = [], []
+    counts = {} if counts is None else counts
 
     def pre(n, args):
         stack.append(n)
+        counts[n] = counts.get(n, 0) + 1
         if n not in order:
             order.append(n)
 

@@ -13,10 +13,14 @@ configuration alone. The traps:
 - ``batchnorm_eps``: a batch norm with Keras' epsilon (Keras 1e-3, torch 1e-5)
 - ``gru_reset_after``: an ``nn.GRU`` run as Keras' ``GRU(reset_after=False)`` computes
   (reset gate before the recurrent product), which no weights of ``nn.GRU`` reproduce
-- ``gelu_approximate``: the ``nn.GELU`` modules called before it with the other
-  ``approximate`` (Keras' ``gelu`` is exact by default, ``approximate=True`` is tanh)
-- ``resize_mode``: the ``nn.Upsample`` modules called before it with another mode or
+- ``gelu_approximate``: the ``nn.GELU`` modules around it (called since the previous
+  paired module, or after it before the next: a Keras layer's fused activation) with the
+  other ``approximate`` (Keras' ``gelu`` is exact by default, ``approximate=True`` is tanh)
+- ``resize_mode``: the ``nn.Upsample`` modules around it with another mode or
   ``align_corners`` (Keras' ``UpSampling2D`` is nearest, ``Resizing`` bilinear, half-pixel)
+- ``hard_sigmoid``: the hard sigmoids around it (``nn.Hardsigmoid``, or a module of the
+  user's named so) computing, in turn, Keras 3's ``relu6(x + 3) / 6`` (= ``nn.Hardsigmoid``)
+  and Keras 2's ``clip(0.2 x + 0.5, 0, 1)``
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Context:
     flatten_perm: list | None   # for a Dense after a Flatten of (N, *S, C)
     flatten_rank: int | None    # len((N, *S, C))
     before: list = field(default_factory=list)   # modules called since the previous paired one
+    after: list = field(default_factory=list)    # modules called after it, before the next paired one
     found: dict = field(default_factory=dict)    # what a patch measured, for its message
 
     @property
@@ -204,13 +209,15 @@ def _gru_msg(c: Context) -> str:
 
 # ---------------------------------------------------------------- activations and resizing before the module
 
-def _before_of(c: Context, *names):
-    return [c.model.get_submodule(n) for n in c.before if _is(c.model.get_submodule(n), *names)]
+def _around_of(c: Context, *names, where=None):
+    """The modules of ``c.before`` and ``c.after`` of one of these classes (or ``where(m)``)."""
+    mods = [c.model.get_submodule(n) for n in [*c.before, *c.after]]
+    return [m for m in mods if (_is(m, *names) if where is None else where(m))]
 
 
 @contextmanager
 def _gelu_patch(c: Context):
-    mods = _before_of(c, "GELU")
+    mods = _around_of(c, "GELU")
     olds = [m.approximate for m in mods]
     for m in mods:
         m.approximate = "none" if m.approximate == "tanh" else "tanh"
@@ -224,7 +231,7 @@ def _gelu_patch(c: Context):
 
 def _gelu_msg(c: Context) -> str:
     new, old = c.found["gelu"][0]
-    return (f"the nn.GELU before {c.module!r} uses approximate={old!r}; the Keras model's gelu is "
+    return (f"the nn.GELU around {c.module!r} uses approximate={old!r}; the Keras model's gelu is "
             f"{'the tanh approximation' if new == 'tanh' else 'exact (erf)'}: use nn.GELU(approximate={new!r})")
 
 
@@ -232,7 +239,7 @@ _RESIZE_MODES = [("nearest", None), ("bilinear", False), ("bilinear", True), ("b
 
 
 def _resize_patches(c: Context):
-    mods = _before_of(c, "Upsample")
+    mods = _around_of(c, "Upsample")
     for mode, align in _RESIZE_MODES:
         if all((m.mode, m.align_corners) == (mode, align) for m in mods):
             continue
@@ -253,8 +260,49 @@ def _resize_patches(c: Context):
 
 def _resize_msg(c: Context) -> str:
     mode, align, (omode, oalign) = c.found["resize"]
-    return (f"the nn.Upsample before {c.module!r} resizes with mode={omode!r}, align_corners={oalign}; Keras' "
+    return (f"the nn.Upsample around {c.module!r} resizes with mode={omode!r}, align_corners={oalign}; Keras' "
             f"resize matches mode={mode!r}, align_corners={align}")
+
+
+def _is_hard_sigmoid(m) -> bool:
+    n = type(m).__name__.lower().replace("_", "")
+    return _is(m, "Hardsigmoid") or "hardsigmoid" in n
+
+
+def _hard_sigmoid_keras3(x):
+    return (x + 3).clamp(0, 6) / 6
+
+
+def _hard_sigmoid_keras2(x):
+    return (0.2 * x + 0.5).clamp(0, 1)
+
+
+# (name, definition): Keras 3's (= torch's nn.Hardsigmoid), and Keras 2's / tf.keras'
+_HARD_SIGMOIDS = [("relu6(x + 3) / 6", _hard_sigmoid_keras3), ("clip(0.2 x + 0.5, 0, 1)", _hard_sigmoid_keras2)]
+
+
+def _hard_sigmoid_patches(c: Context):
+    mods = _around_of(c, where=_is_hard_sigmoid)
+    for label, f in _HARD_SIGMOIDS:
+        @contextmanager
+        def patch(c: Context, label=label, f=f):
+            for m in mods:
+                m.forward = f
+            c.found["hard_sigmoid"] = (label, [type(m).__name__ for m in mods])
+            try:
+                yield
+            finally:
+                for m in mods:
+                    del m.forward
+        yield patch
+
+
+def _hard_sigmoid_msg(c: Context) -> str:
+    label, types = c.found["hard_sigmoid"]
+    fix = "nn.Hardsigmoid()" if label.startswith("relu6") else "`(0.2 * x + 0.5).clamp(0, 1)`"
+    return (f"the hard sigmoid around {c.module!r} ({types[0]}) computes another function than Keras layer "
+            f"{c.layer!r}'s, which is {label} (Keras 3's hard_sigmoid is relu6(x + 3) / 6, as nn.Hardsigmoid; "
+            f"Keras 2 / tf.keras' was clip(0.2 x + 0.5, 0, 1)): use {fix}")
 
 
 def candidates(c: Context):
@@ -267,8 +315,11 @@ def candidates(c: Context):
         yield "batchnorm_eps", _bn_patch, _bn_msg
     if _gru_applies(c):
         yield "gru_reset_after", _gru_patch, _gru_msg
-    if _before_of(c, "GELU"):
+    if _around_of(c, "GELU"):
         yield "gelu_approximate", _gelu_patch, _gelu_msg
-    if _before_of(c, "Upsample"):
+    if _around_of(c, "Upsample"):
         for p in _resize_patches(c):
             yield "resize_mode", p, _resize_msg
+    if _around_of(c, where=_is_hard_sigmoid):
+        for p in _hard_sigmoid_patches(c):
+            yield "hard_sigmoid", p, _hard_sigmoid_msg
