@@ -251,3 +251,216 @@ def attention_heads():
     y = L.Add(name="sum")([a, m])
     y = L.GlobalAveragePooling1D(name="pool")(y)
     return perturb(keras.Model(x, [L.Dense(2, name="out")(y), flat], name="attention_heads"))
+
+
+# ---- issue 16's own suite in the style of the keras.io code examples: point clouds
+# (PointNet, with its T-Nets and orthogonal activity regularizer), super-resolution (ESPCN's
+# depth-to-space), a text Transformer classifier, an audio front-end on keras.ops (reflect
+# padding, framing by gather, windowed DFT as matmuls, log power), a timeseries Transformer,
+# a U-Net-like segmentation (separable convs, Conv2DTranspose, UpSampling2D, residuals).
+# Scaled down; weights perturbed.
+
+ops = keras.ops
+
+def _seed5():
+    keras.utils.set_random_seed(5)
+
+
+class OrthogonalRegularizer(keras.regularizers.Regularizer):
+    def __init__(self, num_features, l2reg=0.001):
+        self.num_features, self.l2reg = num_features, l2reg
+        self.eye = ops.eye(num_features)
+
+    def __call__(self, x):
+        x = ops.reshape(x, (-1, self.num_features, self.num_features))
+        xxt = ops.tensordot(x, x, axes=(2, 2))
+        xxt = ops.reshape(xxt, (-1, self.num_features, self.num_features))
+        return ops.sum(self.l2reg * ops.square(xxt - self.eye))
+
+    def get_config(self):
+        return {"num_features": self.num_features, "l2reg": self.l2reg}
+
+
+def _conv_bn(x, filters, name):
+    x = L.Conv1D(filters, 1, padding="valid", name=f"{name}_conv")(x)
+    x = L.BatchNormalization(momentum=0.0, name=f"{name}_bn")(x)
+    return L.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _dense_bn(x, units, name):
+    x = L.Dense(units, name=f"{name}_dense")(x)
+    x = L.BatchNormalization(momentum=0.0, name=f"{name}_bn")(x)
+    return L.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _tnet(inputs, k, name):
+    x = _conv_bn(inputs, 8, f"{name}_c1")
+    x = _conv_bn(x, 16, f"{name}_c2")
+    x = L.GlobalMaxPooling1D(name=f"{name}_pool")(x)
+    x = _dense_bn(x, 16, f"{name}_d1")
+    x = L.Dense(k * k, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(np.eye(k).flatten()),
+                activity_regularizer=OrthogonalRegularizer(k), name=f"{name}_mat")(x)
+    feat_t = L.Reshape((k, k), name=f"{name}_reshape")(x)
+    return L.Dot(axes=(2, 1), name=f"{name}_dot")([inputs, feat_t])
+
+
+def pointnet():
+    """keras.io "Point cloud classification with PointNet", scaled down: 64 points."""
+    _seed5()
+    inputs = keras.Input((64, 3), name="points")
+    x = _tnet(inputs, 3, "tnet1")
+    x = _conv_bn(x, 8, "c1")
+    x = _conv_bn(x, 8, "c2")
+    x = _tnet(x, 8, "tnet2")
+    x = _conv_bn(x, 8, "c3")
+    x = _conv_bn(x, 16, "c4")
+    x = L.GlobalMaxPooling1D(name="pool")(x)
+    x = _dense_bn(x, 16, "d1")
+    x = L.Dropout(0.3, name="drop")(x)
+    return perturb(keras.Model(inputs, L.Dense(5, name="logits")(x), name="pointnet"))
+
+
+class DepthToSpace(L.Layer):
+    def __init__(self, block, **kw):
+        super().__init__(**kw)
+        self.block = block
+
+    def call(self, x):
+        b = self.block
+        n, h, w, c = ops.shape(x)
+        x = ops.reshape(x, (-1, h, w, b, b, c // (b * b)))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (-1, h * b, w * b, c // (b * b)))
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block}
+
+
+def espcn():
+    """keras.io "Image Super-Resolution using an Efficient Sub-Pixel CNN": upscale 3."""
+    _seed5()
+    inputs = keras.Input((12, 12, 1), name="lowres")
+    x = L.Conv2D(16, 5, padding="same", activation="relu", name="c1")(inputs)
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c2")(x)
+    x = L.Conv2D(1 * 3 ** 2, 3, padding="same", name="c3")(x)
+    return perturb(keras.Model(inputs, DepthToSpace(3, name="d2s")(x), name="espcn"))
+
+
+class TokenAndPositionEmbedding(L.Layer):
+    def __init__(self, maxlen, vocab_size, embed_dim, **kw):
+        super().__init__(**kw)
+        self.token_emb = L.Embedding(vocab_size, embed_dim)
+        self.pos_emb = L.Embedding(maxlen, embed_dim)
+
+    def call(self, x):
+        positions = ops.arange(0, ops.shape(x)[-1], 1)
+        return self.token_emb(x) + self.pos_emb(positions)
+
+
+class TransformerBlock(L.Layer):
+    def __init__(self, embed_dim, num_heads, ff_dim, rate=0.1, **kw):
+        super().__init__(**kw)
+        self.att = L.MultiHeadAttention(num_heads=num_heads, key_dim=embed_dim)
+        self.ffn = keras.Sequential([L.Dense(ff_dim, activation="relu"), L.Dense(embed_dim)])
+        self.layernorm1 = L.LayerNormalization(epsilon=1e-6)
+        self.layernorm2 = L.LayerNormalization(epsilon=1e-6)
+        self.dropout1, self.dropout2 = L.Dropout(rate), L.Dropout(rate)
+
+    def call(self, inputs):
+        out1 = self.layernorm1(inputs + self.dropout1(self.att(inputs, inputs)))
+        return self.layernorm2(out1 + self.dropout2(self.ffn(out1)))
+
+
+def text_transformer():
+    """keras.io "Text classification with Transformer", small."""
+    _seed5()
+    inputs = keras.Input((20,), dtype="int32", name="tokens")
+    x = TokenAndPositionEmbedding(20, 50, 16, name="emb")(inputs)
+    x = TransformerBlock(16, 2, 16, name="block")(x)
+    x = L.GlobalAveragePooling1D(name="gap")(x)
+    x = L.Dropout(0.1, name="drop")(x)
+    x = L.Dense(8, activation="relu", name="d1")(x)
+    return perturb(keras.Model(inputs, L.Dense(2, name="logits")(x), name="text_transformer"))
+
+
+class LogSpectrogram(L.Layer):
+    """Framing (reflect pad, strided frames), Hann window, DFT as two matmuls, log power."""
+
+    def __init__(self, n_fft=32, hop=8, **kw):
+        super().__init__(**kw)
+        self.n_fft, self.hop = n_fft, hop
+        n = np.arange(n_fft)
+        k = np.arange(n_fft // 2 + 1)[:, None]
+        win = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)
+        self.cos = (np.cos(2 * np.pi * k * n / n_fft) * win).T.astype("float32")
+        self.sin = (-np.sin(2 * np.pi * k * n / n_fft) * win).T.astype("float32")
+
+    def call(self, x):   # x: (N, T, 1)
+        p = self.n_fft // 2
+        x = ops.pad(x, [(0, 0), (p, p), (0, 0)], mode="reflect")
+        x = ops.squeeze(x, -1)
+        t = ops.shape(x)[1]
+        n_frames = 1 + (t - self.n_fft) // self.hop
+        idx = ops.arange(n_frames)[:, None] * self.hop + ops.arange(self.n_fft)[None, :]
+        frames = ops.take(x, idx, axis=1)                   # (N, F, n_fft)
+        re, im = ops.matmul(frames, self.cos), ops.matmul(frames, self.sin)
+        return ops.log(re * re + im * im + 1e-6)[..., None]   # (N, F, bins, 1)
+
+
+def audio_frontend():
+    """A custom spectrogram front-end on keras.ops, then a small CNN classifier."""
+    _seed5()
+    inputs = keras.Input((256, 1), name="wave")
+    x = LogSpectrogram(name="spec")(inputs)
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x)
+    x = L.MaxPooling2D(2, name="pool")(x)
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.Flatten(name="flatten")(x)
+    return perturb(keras.Model(inputs, L.Dense(4, name="logits")(x), name="audio_frontend"))
+
+
+def timeseries_transformer():
+    """keras.io "Timeseries classification with a Transformer model", small."""
+    _seed5()
+    inputs = keras.Input((24, 3), name="series")
+    x = inputs
+    for i in range(2):
+        y = L.LayerNormalization(epsilon=1e-6, name=f"ln{i}a")(x)
+        y = L.MultiHeadAttention(key_dim=8, num_heads=2, dropout=0.1, name=f"mha{i}")(y, y)
+        y = L.Dropout(0.1, name=f"drop{i}")(y)
+        res = L.Add(name=f"add{i}a")([y, x])
+        y = L.LayerNormalization(epsilon=1e-6, name=f"ln{i}b")(res)
+        y = L.Conv1D(4, 1, activation="relu", name=f"ff{i}a")(y)
+        y = L.Conv1D(3, 1, name=f"ff{i}b")(y)
+        x = L.Add(name=f"add{i}b")([y, res])
+    x = L.GlobalAveragePooling1D(data_format="channels_first", name="gap")(x)
+    x = L.Dense(8, activation="relu", name="d1")(x)
+    return perturb(keras.Model(inputs, L.Dense(2, name="logits")(x), name="timeseries_transformer"))
+
+
+def unet_segmentation():
+    """keras.io "Image segmentation with a U-Net-like architecture", small: separable convs,
+    residual projections, Conv2DTranspose, UpSampling2D."""
+    _seed5()
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = L.Conv2D(8, 3, strides=2, padding="same", name="stem")(inputs)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.Activation("relu", name="stem_relu")(x)
+    prev = x
+    for f in (16, 32):
+        x = L.Activation("relu", name=f"d{f}_relu1")(x)
+        x = L.SeparableConv2D(f, 3, padding="same", name=f"d{f}_sep1")(x)
+        x = L.BatchNormalization(name=f"d{f}_bn1")(x)
+        x = L.MaxPooling2D(3, strides=2, padding="same", name=f"d{f}_pool")(x)
+        res = L.Conv2D(f, 1, strides=2, padding="same", name=f"d{f}_res")(prev)
+        x = prev = L.add([x, res], name=f"d{f}_add")
+    for f in (32, 16, 8):
+        x = L.Activation("relu", name=f"u{f}_relu")(x)
+        x = L.Conv2DTranspose(f, 3, padding="same", name=f"u{f}_tconv")(x)
+        x = L.BatchNormalization(name=f"u{f}_bn")(x)
+        x = L.UpSampling2D(2, name=f"u{f}_up")(x)
+        res = L.UpSampling2D(2, name=f"u{f}_resup")(prev)
+        res = L.Conv2D(f, 1, padding="same", name=f"u{f}_res")(res)
+        x = prev = L.add([x, res], name=f"u{f}_add")
+    x = L.Conv2D(3, 3, padding="same", name="seg")(x)
+    return perturb(keras.Model(inputs, L.Resizing(32, 32, name="resize")(x), name="unet_segmentation"))

@@ -42,6 +42,24 @@ def test_converts_with_parity(tmp_path, name):
     _assert_kept_ok(cli("convert", "--model", f"{BUILDERS}:{name}", "--out", tmp_path), tmp_path, name)
 
 
+# the keras.io-style suite: model -> layout Transposes a channels-first port needs none of
+# (convs, separable convs, pooling, upsampling and residual adds only; a Transformer on
+# tokens), or None where the model's own Reshape/Dot/attention fixes a layout
+EXAMPLES = {"pointnet": None, "espcn": None, "text_transformer": 0, "audio_frontend": None,
+            "timeseries_transformer": None, "unet_segmentation": 0}
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_code_example_models_convert(tmp_path, name):
+    """Parity in model.py and model.pt2 on outputs that are not degenerate (a tiny or
+    constant output would prove little); no layout Transpose left where none is needed."""
+    rep = _assert_kept_ok(cli("convert", "--model", f"{BUILDERS}:{name}", "--out", tmp_path), tmp_path, name)
+    assert not rep["degenerate"], rep["warnings"]
+    rw = json.loads((tmp_path / name / "rewrite" / "rewrite.json").read_text())
+    if EXAMPLES[name] is not None:
+        assert rw["transposes_torch_by_kind"]["layout"] == EXAMPLES[name], rw["remaining"]
+
+
 def test_reference_ranges_follow_the_model_and_the_flag(tmp_path):
     proc = cli("convert", "--model", f"{BUILDERS}:embedding_ranges", "--out", tmp_path, "--input-range", "ids=5:7")
     _assert_kept_ok(proc, tmp_path, "embedding_ranges")
