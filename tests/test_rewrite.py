@@ -108,6 +108,22 @@ def _i64(*v):
     return np.array(v, dtype=np.int64)
 
 
+_TIME_STEP_INITS = [("st0", _i64(0)), ("en0", _i64(1)), ("st1", _i64(1)), ("en1", _i64(2)), ("ax", _i64(1)),
+                    ("ax0", _i64(0))]
+
+
+def _time_steps(out):
+    """Steps 0 and 1 of axis 1 of f, each through a Relu, stacked on axis 0 and moved back to axis 1."""
+    nodes = []
+    for i in (0, 1):
+        nodes += [helper.make_node("Slice", ["f", f"st{i}", f"en{i}", "ax"], [f"s{i}"]),
+                  helper.make_node("Squeeze", [f"s{i}", "ax"], [f"q{i}"]),
+                  helper.make_node("Relu", [f"q{i}"], [f"r{i}"]),
+                  helper.make_node("Unsqueeze", [f"r{i}", "ax0"], [f"u{i}"])]
+    return nodes + [helper.make_node("Concat", ["u0", "u1"], ["st"], axis=0),
+                    helper.make_node("Transpose", ["st"], out, perm=[1, 0, 2, 3])]
+
+
 RULE_CASES = {
     # id: (nodes, output shape, initializers, Transposes the semantics need)
     "softmax-channels": ([helper.make_node("Softmax", ["f"], ["y"], axis=-1)], (N, H, W, C), [], 0),
@@ -163,6 +179,19 @@ RULE_CASES = {
     "flatten": ([helper.make_node("Flatten", ["f"], ["y"], axis=1)], (N, H * W * C), [], 1),
     "topk-barrier": ([helper.make_node("TopK", ["f", "k"], ["y", "idx"], axis=1)], (N, 2, W, C),
                      [("k", _i64(2))], 1),
+    # TimeDistributed as Keras 3 unrolls it: each time step sliced, run, stacked on a new
+    # axis 0 (Unsqueeze -> Concat) and moved back after the batch: the stack absorbs it
+    "stack-time-steps": (_time_steps(["y"]), (N, 2, W, C), _TIME_STEP_INITS, 0),
+    "stack-time-steps-then-conv": (_time_steps(["z"]) + [
+        helper.make_node("Transpose", ["z"], ["zt"], perm=[0, 3, 1, 2]), helper.make_node("Conv", ["zt", "w"], ["zc"]),
+        helper.make_node("Transpose", ["zc"], ["y"], perm=[0, 2, 3, 1])], (N, 2, W, C), _TIME_STEP_INITS, 0),
+    # the same value stacked twice: its Unsqueeze cannot take two layouts, one Transpose stays
+    "stack-shared-step": ([helper.make_node("Slice", ["f", "st0", "en0", "ax"], ["s0"]),
+                           helper.make_node("Squeeze", ["s0", "ax"], ["q0"]),
+                           helper.make_node("Unsqueeze", ["q0", "ax0"], ["u0"]),
+                           helper.make_node("Concat", ["u0", "u0"], ["st"], axis=0),
+                           helper.make_node("Transpose", ["st"], ["y"], perm=[1, 0, 2, 3])],
+                          (N, 2, W, C), _TIME_STEP_INITS, 1),
 }
 
 
@@ -409,10 +438,11 @@ NEEDED = {
     "op_transpose_hw": (1, "transpose of the model's own"),
     "lstm_conv_features": (1, "the recurrent layer reads (batch, steps, features)"),
 }
-# Where the rewrite leaves more than the semantics need (expected to fail until fixed):
-# TimeDistributed(Conv1D) on (N, T, W, C) is a Conv2D with a 1 x k kernel on (N, C, T, W);
-# the rewrite keeps tf2onnx's merge of T into the batch and one Transpose at the output.
-KNOWN_GAPS = {"time_distributed": "TimeDistributed folds time into the batch: a Transpose stays at the output"}
+# Where the rewrite leaves more than the semantics need (expected to fail until fixed).
+# time_distributed needs none: Keras 3 unrolls TimeDistributed(Conv1D) on (N, T, W, C) into
+# one Conv1D per time step stacked on a new axis 0 (Unsqueeze -> Concat) and moved back after
+# the batch; the Transpose to channels-first (N, C, T, W) folds into that stack.
+KNOWN_GAPS: dict[str, str] = {}
 # repeat_vector needs none either: RepeatVector makes channels-last data from a rank-2
 # tensor (Unsqueeze -> Tile -> Reshape); the Conv1D's Transpose is pulled up through it.
 ONE_D = ("conv1d", "conv1d_strided", "maxpool1d", "avgpool1d", "conv1d_transpose", "separable_conv1d",
