@@ -267,6 +267,42 @@ def test_head_transposes_are_told_apart():
     assert heads.counts(model.graph) == {"attention_heads": 3, "layout": 1}
 
 
+def test_einsum_head_split_with_rotary_is_told_apart():
+    """Llama's queries: EinsumDense ``abc,cde->abde`` makes (N, L, heads, d) itself, the rotary
+    embedding (``q * cos + rotate_half(q) * sin``, two computed terms, cos/sin broadcast) runs
+    on it, then Transpose -> MatMul by the keys: a head split, whose reason names the Einsum.
+    The same Transpose after an Einsum that does not add the heads axis stays layout."""
+    from pipeline.stages.rewrite import heads
+
+    nodes = [helper.make_node("Einsum", ["x", "wq"], ["q"], equation="abc,cde->abde", name="query"),
+             helper.make_node("Einsum", ["x", "wq"], ["k"], equation="abc,cde->abde", name="key"),
+             helper.make_node("ConstantOfShape", ["four"], ["ones"], value=helper.make_tensor("", 1, [1], [1.0])),
+             helper.make_node("Reshape", ["ones", "s_cos"], ["cos"]),   # computed, (1, L, 1, d)
+             helper.make_node("Mul", ["q", "cos"], ["qc"]),
+             helper.make_node("Neg", ["q"], ["qr"]),
+             helper.make_node("Mul", ["qr", "cos"], ["qs"]),
+             helper.make_node("Add", ["qc", "qs"], ["qrot"]),
+             helper.make_node("Transpose", ["qrot"], ["qt"], perm=[0, 2, 1, 3], name="q_split"),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 3, 1], name="k_split"),
+             helper.make_node("MatMul", ["qt", "kt"], ["y"]),
+             helper.make_node("Einsum", ["y", "wo"], ["z"], equation="abcd,de->abce", name="same_rank"),
+             helper.make_node("Transpose", ["z"], ["zt"], perm=[0, 2, 1, 3], name="after_same_rank"),
+             helper.make_node("MatMul", ["zt", "y"], ["w"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 5, 4))],
+                          [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+                          [_const("wq", np.ones((4, 2, 2), np.float32)), _const("wo", np.ones((5, 5), np.float32)),
+                           _const("four", _i64(20)), _const("s_cos", _i64(1, 5, 1, 2))])
+    model = ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    passes.infer_shapes(model)
+    kinds = heads.classify(model.graph)
+    assert kinds == {"q_split": {"kind": "attention_heads", "role": "split"},
+                     "k_split": {"kind": "attention_heads", "role": "split"},
+                     "after_same_rank": {"kind": "layout"}}, kinds
+    remaining = [{"node": "q_split", "reasons": []}]
+    heads.annotate(model.graph, remaining)
+    assert remaining[0]["reasons"][0].startswith("attention head split: Einsum 'query' (abc,cde->abde)")
+
+
 # -- per-channel Mul/Add after a Conv (an unfolded batch norm) folded into the Conv ---------
 AFFINE_CASES = {   # case: (constants after the conv as (op, shape), conv has bias, conv output read twice, folds)
     "bn_after_depthwise": ([("Mul", (1, C, 1, 1)), ("Add", (C, 1, 1))], True, False, 2),
