@@ -108,6 +108,22 @@ def _i64(*v):
     return np.array(v, dtype=np.int64)
 
 
+_TIME_STEP_INITS = [("st0", _i64(0)), ("en0", _i64(1)), ("st1", _i64(1)), ("en1", _i64(2)), ("ax", _i64(1)),
+                    ("ax0", _i64(0))]
+
+
+def _time_steps(out):
+    """Steps 0 and 1 of axis 1 of f, each through a Relu, stacked on axis 0 and moved back to axis 1."""
+    nodes = []
+    for i in (0, 1):
+        nodes += [helper.make_node("Slice", ["f", f"st{i}", f"en{i}", "ax"], [f"s{i}"]),
+                  helper.make_node("Squeeze", [f"s{i}", "ax"], [f"q{i}"]),
+                  helper.make_node("Relu", [f"q{i}"], [f"r{i}"]),
+                  helper.make_node("Unsqueeze", [f"r{i}", "ax0"], [f"u{i}"])]
+    return nodes + [helper.make_node("Concat", ["u0", "u1"], ["st"], axis=0),
+                    helper.make_node("Transpose", ["st"], out, perm=[1, 0, 2, 3])]
+
+
 RULE_CASES = {
     # id: (nodes, output shape, initializers, Transposes the semantics need)
     "softmax-channels": ([helper.make_node("Softmax", ["f"], ["y"], axis=-1)], (N, H, W, C), [], 0),
@@ -163,6 +179,19 @@ RULE_CASES = {
     "flatten": ([helper.make_node("Flatten", ["f"], ["y"], axis=1)], (N, H * W * C), [], 1),
     "topk-barrier": ([helper.make_node("TopK", ["f", "k"], ["y", "idx"], axis=1)], (N, 2, W, C),
                      [("k", _i64(2))], 1),
+    # TimeDistributed as Keras 3 unrolls it: each time step sliced, run, stacked on a new
+    # axis 0 (Unsqueeze -> Concat) and moved back after the batch: the stack absorbs it
+    "stack-time-steps": (_time_steps(["y"]), (N, 2, W, C), _TIME_STEP_INITS, 0),
+    "stack-time-steps-then-conv": (_time_steps(["z"]) + [
+        helper.make_node("Transpose", ["z"], ["zt"], perm=[0, 3, 1, 2]), helper.make_node("Conv", ["zt", "w"], ["zc"]),
+        helper.make_node("Transpose", ["zc"], ["y"], perm=[0, 2, 3, 1])], (N, 2, W, C), _TIME_STEP_INITS, 0),
+    # the same value stacked twice: its Unsqueeze cannot take two layouts, one Transpose stays
+    "stack-shared-step": ([helper.make_node("Slice", ["f", "st0", "en0", "ax"], ["s0"]),
+                           helper.make_node("Squeeze", ["s0", "ax"], ["q0"]),
+                           helper.make_node("Unsqueeze", ["q0", "ax0"], ["u0"]),
+                           helper.make_node("Concat", ["u0", "u0"], ["st"], axis=0),
+                           helper.make_node("Transpose", ["st"], ["y"], perm=[1, 0, 2, 3])],
+                          (N, 2, W, C), _TIME_STEP_INITS, 1),
 }
 
 
@@ -236,6 +265,42 @@ def test_head_transposes_are_told_apart():
                      "merge": {"kind": "attention_heads", "role": "merge"},
                      "before_dense": {"kind": "layout"}}, kinds
     assert heads.counts(model.graph) == {"attention_heads": 3, "layout": 1}
+
+
+def test_einsum_head_split_with_rotary_is_told_apart():
+    """Llama's queries: EinsumDense ``abc,cde->abde`` makes (N, L, heads, d) itself, the rotary
+    embedding (``q * cos + rotate_half(q) * sin``, two computed terms, cos/sin broadcast) runs
+    on it, then Transpose -> MatMul by the keys: a head split, whose reason names the Einsum.
+    The same Transpose after an Einsum that does not add the heads axis stays layout."""
+    from pipeline.stages.rewrite import heads
+
+    nodes = [helper.make_node("Einsum", ["x", "wq"], ["q"], equation="abc,cde->abde", name="query"),
+             helper.make_node("Einsum", ["x", "wq"], ["k"], equation="abc,cde->abde", name="key"),
+             helper.make_node("ConstantOfShape", ["four"], ["ones"], value=helper.make_tensor("", 1, [1], [1.0])),
+             helper.make_node("Reshape", ["ones", "s_cos"], ["cos"]),   # computed, (1, L, 1, d)
+             helper.make_node("Mul", ["q", "cos"], ["qc"]),
+             helper.make_node("Neg", ["q"], ["qr"]),
+             helper.make_node("Mul", ["qr", "cos"], ["qs"]),
+             helper.make_node("Add", ["qc", "qs"], ["qrot"]),
+             helper.make_node("Transpose", ["qrot"], ["qt"], perm=[0, 2, 1, 3], name="q_split"),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 3, 1], name="k_split"),
+             helper.make_node("MatMul", ["qt", "kt"], ["y"]),
+             helper.make_node("Einsum", ["y", "wo"], ["z"], equation="abcd,de->abce", name="same_rank"),
+             helper.make_node("Transpose", ["z"], ["zt"], perm=[0, 2, 1, 3], name="after_same_rank"),
+             helper.make_node("MatMul", ["zt", "y"], ["w"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 5, 4))],
+                          [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+                          [_const("wq", np.ones((4, 2, 2), np.float32)), _const("wo", np.ones((5, 5), np.float32)),
+                           _const("four", _i64(20)), _const("s_cos", _i64(1, 5, 1, 2))])
+    model = ir.serde.deserialize_model(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    passes.infer_shapes(model)
+    kinds = heads.classify(model.graph)
+    assert kinds == {"q_split": {"kind": "attention_heads", "role": "split"},
+                     "k_split": {"kind": "attention_heads", "role": "split"},
+                     "after_same_rank": {"kind": "layout"}}, kinds
+    remaining = [{"node": "q_split", "reasons": []}]
+    heads.annotate(model.graph, remaining)
+    assert remaining[0]["reasons"][0].startswith("attention head split: Einsum 'query' (abc,cde->abde)")
 
 
 # -- per-channel Mul/Add after a Conv (an unfolded batch norm) folded into the Conv ---------
@@ -409,10 +474,11 @@ NEEDED = {
     "op_transpose_hw": (1, "transpose of the model's own"),
     "lstm_conv_features": (1, "the recurrent layer reads (batch, steps, features)"),
 }
-# Where the rewrite leaves more than the semantics need (expected to fail until fixed):
-# TimeDistributed(Conv1D) on (N, T, W, C) is a Conv2D with a 1 x k kernel on (N, C, T, W);
-# the rewrite keeps tf2onnx's merge of T into the batch and one Transpose at the output.
-KNOWN_GAPS = {"time_distributed": "TimeDistributed folds time into the batch: a Transpose stays at the output"}
+# Where the rewrite leaves more than the semantics need (expected to fail until fixed).
+# time_distributed needs none: Keras 3 unrolls TimeDistributed(Conv1D) on (N, T, W, C) into
+# one Conv1D per time step stacked on a new axis 0 (Unsqueeze -> Concat) and moved back after
+# the batch; the Transpose to channels-first (N, C, T, W) folds into that stack.
+KNOWN_GAPS: dict[str, str] = {}
 # repeat_vector needs none either: RepeatVector makes channels-last data from a rank-2
 # tensor (Unsqueeze -> Tile -> Reshape); the Conv1D's Transpose is pulled up through it.
 ONE_D = ("conv1d", "conv1d_strided", "maxpool1d", "avgpool1d", "conv1d_transpose", "separable_conv1d",

@@ -8,7 +8,9 @@ not a weight. Those Transposes are the model's own arithmetic, as in a PyTorch a
 layout choice removes them. Keras' ``MultiHeadAttention`` uses ``Einsum`` and leaves none.
 
 - ``split``: ``Reshape -> [per-element ops] -> Transpose -> [per-element ops] -> MatMul`` of
-  two activations;
+  two activations, or the same from a head-making ``Einsum`` (Keras' ``EinsumDense``
+  ``abc,cde->abde``: the projection writes ``(N, L, heads, d)`` itself, as Llama's queries,
+  whose rotary embedding, ``x * cos + rotate_half(x) * sin``, is applied on that layout);
 - ``merge``: ``MatMul`` of two activations ``-> [per-element ops] -> Transpose -> [...] -> Reshape``.
 
 Every other Transpose is ``layout`` (before a Flatten, a barrier, a boundary, a Permute...).
@@ -43,17 +45,41 @@ def _passes(n: ir.Node) -> bool:
     return n.op_type in _PER_ELEMENT and n.domain == "" and sum(not _const(v) for v in n.inputs) == 1
 
 
-def _up(v: ir.Value, want) -> bool:
-    for _ in range(_HOPS + 1):
-        p = v.producer()
-        if p is None:
+def _full_shape(v: ir.Value, out: ir.Value) -> bool:
+    """``v`` has ``out``'s shape as far as known: same rank, no broadcast (unit) axis."""
+    if v.shape is None or out.shape is None or len(v.shape) != len(out.shape):
+        return False
+    for a, b in zip(v.shape.dims, out.shape.dims):
+        ints = isinstance(a, int), isinstance(b, int)
+        if (all(ints) and a != b) or (ints[0] and a == 1) != (ints[1] and b == 1):
             return False
-        if want(p):
-            return True
-        if not _passes(p):
-            return False
-        v = next(i for i in p.inputs if not _const(i))
-    return False
+    return True
+
+
+def _full_inputs(n: ir.Node) -> list[ir.Value]:
+    """The computed inputs of per-element ``n`` with its output's shape (a rotary embedding's
+    ``x * cos + rotate_half(x) * sin``: both terms; not the broadcast ``cos``, ``sin``)."""
+    if n.op_type not in _PER_ELEMENT or n.domain != "":
+        return []
+    computed = [v for v in n.inputs if not _const(v)]
+    if len(computed) == 1:
+        return computed
+    return [v for v in computed if _full_shape(v, n.outputs[0])]
+
+
+def _up(v: ir.Value, want, hops: int = _HOPS) -> ir.Node | None:
+    """The first producer ``want`` accepts, walking up through per-element ops; else None."""
+    p = v.producer()
+    if p is None:
+        return None
+    if want(p):
+        return p
+    if not hops:
+        return None
+    for i in _full_inputs(p):
+        if (found := _up(i, want, hops - 1)) is not None:
+            return found
+    return None
 
 
 def _down(v: ir.Value, want, hops: int = _HOPS) -> bool:
@@ -68,16 +94,45 @@ def _reshape(n: ir.Node) -> bool:
     return n.op_type == "Reshape" and n.domain == ""
 
 
+def _head_einsum(n: ir.Node) -> bool:
+    """An Einsum of one activation by a constant weight whose output has one axis more than
+    the activation: a projection that splits the features into (heads, d)."""
+    if n.op_type != "Einsum" or n.domain != "" or len(n.inputs) != 2:
+        return False
+    acts = [v for v in n.inputs if not _const(v)]
+    if len(acts) != 1 or acts[0].shape is None or n.outputs[0].shape is None:
+        return False
+    return len(n.outputs[0].shape) == len(acts[0].shape) + 1
+
+
+def _splitter(n: ir.Node) -> bool:
+    return _reshape(n) or _head_einsum(n)
+
+
 def role(t: ir.Node) -> str | None:
     """``"split"``, ``"merge"`` or None (see the module docstring) for the Transpose ``t``."""
     x, y = t.inputs[0], t.outputs[0]
     if len(t.attributes["perm"].as_ints()) < 4:
         return None
-    if _up(x, _reshape) and _down(y, _activation_matmul):
+    if _up(x, _splitter) and _down(y, _activation_matmul):
         return "split"
     if _up(x, _activation_matmul) and _down(y, _reshape):
         return "merge"
     return None
+
+
+def reason(t: ir.Node, kind: str) -> str:
+    """Why the head Transpose ``t`` stays: REASON, naming the op that made the heads axis."""
+    src = _up(t.inputs[0], _splitter) if kind == "split" else None
+    if src is None or src.op_type != "Einsum":
+        return REASON[kind]
+    eq = src.attributes["equation"].value
+    eq = eq.decode() if isinstance(eq, bytes) else eq
+    between = "" if t.inputs[0].producer() is src else \
+        " and the per-element ops after it (Llama's rotary embedding) work on that layout"
+    return (f"attention head split: Einsum {src.name!r} ({eq}) projects straight to (N, L, heads, d){between}; "
+            "the MatMul of two activations (queries by keys) needs (N, heads, L, d): the model's own arithmetic, "
+            "the transpose(1, 2) a PyTorch attention has too, not a layout left-over")
 
 
 def classify(graph: ir.Graph) -> dict[str, dict]:
@@ -100,10 +155,11 @@ def annotate(graph: ir.Graph, remaining: list[dict]) -> dict[str, int]:
     """Each entry of ``layout.explain``'s list gets ``kind`` (and ``role``); a head Transpose's
     reasons start with what it is. Returns ``counts``."""
     kinds = classify(graph)
+    by_name = {n.name: n for n in graph if n.op_type == "Transpose" and n.domain == ""}
     for entry in remaining:
         entry.update(kinds.get(entry["node"], {"kind": LAYOUT}))
         if entry.get("role"):
-            entry["reasons"].insert(0, REASON[entry["role"]])
+            entry["reasons"].insert(0, reason(by_name[entry["node"]], entry["role"]))
     return counts(graph)
 
 

@@ -5,7 +5,8 @@
 2. Every Transpose is moved downstream through the ops that have a layout rule
    (registry), merged with the next Transpose (tf2onnx's own NHWC->NCHW pairs around
    each Conv cancel), folded into constants and Unsqueezes, removed when it is the
-   identity. An op without a rule is a barrier and the Transpose stays, so the result is
+   identity, folded into a stack (``Concat`` of ``Unsqueeze``s: the Transpose only moves
+   the stacked axis). An op without a rule is a barrier and the Transpose stays, so the result is
    still correct.
 3. A model output produced by a Transpose to channels-last becomes channels-first.
 The pass repeats to a fixpoint: running it on its own result changes nothing.
@@ -94,6 +95,42 @@ def _fold_into_unsqueeze(ctx: Ctx, t: ir.Node, p) -> bool:
     return True
 
 
+def _stack_fold(ctx: Ctx, v: ir.Value, p) -> list[list[int]] | None:
+    """For Transpose(v, p), v = Concat(Unsqueeze(x_1), ..., Unsqueeze(x_k)) (a stack, as
+    Keras' ``ops.stack`` and TimeDistributed's unrolled time steps arrive) where p moves
+    only inserted unit axes of each input: the axes of each equivalent Unsqueeze, so that
+    Transpose(v, p) == Concat(Unsqueeze(x_i, axes_i), axis=p.index(axis)); None otherwise."""
+    c = v.producer()
+    if c is None or c.op_type != "Concat" or c.domain != "" or len(v.uses()) != 1 or v.is_graph_output():
+        return None
+    if len(c.outputs) != 1 or len({id(u) for u in c.inputs}) != len(c.inputs):
+        return None
+    folded = [_unsqueeze_fold(ctx, u, p) for u in c.inputs]
+    return None if any(f is None for f in folded) else folded
+
+
+def _fold_into_stack(ctx: Ctx, t: ir.Node, p) -> bool:
+    """Transpose(Concat(Unsqueeze(x_i), axis), p) that only moves the inserted axes ->
+    Concat(Unsqueeze(x_i, axes_i'), axis'): the stack is built in the transposed order."""
+    folded = _stack_fold(ctx, t.inputs[0], p)
+    if folded is None:
+        return False
+    c = t.inputs[0].producer()
+    axis = int(ctx.attr(c, "axis")) % len(p)
+    for u, inserted in zip(c.inputs, folded):
+        un = u.producer()
+        un.replace_input_with(1, ctx.new_const(np.array(inserted, dtype=np.int64), "unsqueeze_axes"))
+        d = dims(u)
+        if d is not None:
+            u.shape = ir.Shape([u.shape[j] for j in p])
+    ctx.set_attr(c, "axis", p.index(axis))
+    y = t.outputs[0]
+    c.outputs[0].shape = y.shape
+    ctx.redirect(y, c.outputs[0])
+    ctx.remove(t)
+    return True
+
+
 def _step(ctx: Ctx, t: ir.Node) -> bool:
     """One move of Transpose ``t``; True when the graph changed."""
     p = tuple(t.attributes["perm"].as_ints())
@@ -110,7 +147,7 @@ def _step(ctx: Ctx, t: ir.Node) -> bool:
         ctx.redirect(y, ctx.new_const(np.transpose(c, p), f"{x.name}_t"))
         ctx.remove(t)
         return True
-    if _fold_into_unsqueeze(ctx, t, p):
+    if _fold_into_unsqueeze(ctx, t, p) or _fold_into_stack(ctx, t, p):
         return True
     if is_identity(p) and not (y.is_graph_output() and (x.is_graph_input() or x.is_graph_output())):
         ctx.redirect(y, x)
@@ -257,7 +294,8 @@ def outputs_to_channels_first(ctx: Ctx) -> list[str]:
     The output becomes ``Transpose(x, q)``, ``q = compose(p, to_first)``: nothing when q is
     the identity (the usual Transpose back to channels-last), else one Transpose that
     stays where p puts x's channel axis last in Keras (a Permute before the output) or
-    q only moves unit axes (folded into an Unsqueeze by the next push). Other outputs
+    q only moves unit axes (folded into an Unsqueeze by the next push) or the stacked axis
+    of a stack (TimeDistributed's time steps, folded into the stack by the next push). Other outputs
     (channels split or merged with other axes) keep Keras' layout."""
     done = []
     g = ctx.graph
@@ -268,9 +306,12 @@ def outputs_to_channels_first(ctx: Ctx) -> list[str]:
         p = tuple(t.attributes["perm"].as_ints())
         x = t.inputs[0]
         r = len(p)
-        if r < 3 or r > 5 or p[0] != 0 or x.is_graph_input() or x.is_graph_output():
+        if r < 3 or r > 5 or x.is_graph_input() or x.is_graph_output():
             continue
         q = compose(p, to_first(r))
+        stack = _stack_fold(ctx, x, q) is not None   # TimeDistributed's stacked time steps
+        if p[0] != 0 and not stack:
+            continue
         name = y.name
         if is_identity(q):
             y.name = ctx.name(name)
@@ -278,7 +319,7 @@ def outputs_to_channels_first(ctx: Ctx) -> list[str]:
             g.outputs[i] = x
             if not y.uses():
                 ctx.remove(t)
-        elif p[-1] == 1 or moves_only_unit_dims(dims(x), q):
+        elif p[-1] == 1 or stack or moves_only_unit_dims(dims(x), q):
             if y.uses():
                 continue
             ctx.set_attr(t, "perm", list(q))
