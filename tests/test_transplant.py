@@ -86,7 +86,7 @@ def test_seed_parity(out, net, extra):
 @pytest.mark.parametrize("net, extra, rc", [("SeedNoPermute", ["--fold-flatten"], 0), ("SeedPermute", [], 0),
                                             ("SeedNoPermute", [], 1)], ids=["fold-flatten", "permute", "no-permute"])
 def test_values_from_the_port_when_keras_weights_were_not_kept(out, tmp_path, net, extra, rc):
-    """Over 32 MB the export keeps no keras_weights.npz (VGG16): the port's tensors, the
+    """Over 128 MB the export keeps no keras_weights.npz (VGG16): the port's tensors, the
     Flatten fold undone unless asked for, give the same state_dict."""
     import shutil
 

@@ -172,7 +172,7 @@ def _state(net, m: dict, perms: dict, fold_flatten: bool, mdir: ModelDir, wmap: 
     """The user's state_dict entries from the Keras values, and ``mapping.json``'s rows.
 
     The values come from ``export/keras_weights.npz``; where the export did not keep it
-    (over 32 MB of weights), from the converted port's ``model.safetensors`` (``_PortValues``)."""
+    (over 128 MB of weights), from the converted port's ``model.safetensors`` (``_PortValues``)."""
     import torch
 
     own = net.state_dict()
