@@ -29,6 +29,14 @@ def cli(*args, timeout=900) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def port(out: Path, name: str):
+    """The generated ``model.py`` of ``out/name`` with its weights, in eval mode."""
+    from pipeline.core.artifacts import ModelDir
+    from pipeline.runners import load_generated
+
+    return load_generated(ModelDir.of(out, name))
+
+
 def report(out: Path, name: str) -> dict:
     return json.loads((Path(out) / name / "report.json").read_text())
 

@@ -11,13 +11,12 @@ regularizers, both directions counted; a GRU with a recurrent L2 and an activity
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from conftest import assert_ok, cli
+from conftest import assert_ok, cli, port
 
 MODELS = ("activity_regularized", "recurrent_regularized")
 RTOL, ATOL = 1e-5, 1e-7
@@ -32,11 +31,6 @@ def converted(tmp_path_factory):
     return out
 
 
-def _port(out, name):
-    spec = importlib.util.spec_from_file_location(f"activity_{name}", out / name / "import" / "model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.load()
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -50,7 +44,7 @@ def test_regularization_loss_after_forward_equals_keras_losses(converted, name):
     ref = meta["losses_reference"]
     inputs, _ = load_reference(converted / name / "export" / "reference.npz")
     feeds = inputs_for(facts, inputs)
-    model = _port(converted, name)
+    model = port(converted, name)
     weights_only = float(model.regularization_loss().detach())
     with torch.no_grad():
         model(*[torch.from_numpy(np.ascontiguousarray(feeds[i["name"]])) for i in meta["inputs"]])

@@ -7,13 +7,12 @@ connection). On hand-written modules: the reasons a pair is left, and a forward 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from conftest import assert_ok, cli
+from conftest import assert_ok, cli, port
 
 RTOL, ATOL = 1e-5, 1e-7     # folded vs unfused, in float32: max|d| <= RTOL * max|unfused| + ATOL
 # builder -> (folded (layer, batch norm) pairs, batch norms left, Keras input shape without the batch)
@@ -34,11 +33,6 @@ def converted(tmp_path_factory):
     return out, procs
 
 
-def _load(out, name):
-    spec = importlib.util.spec_from_file_location(f"fuse_{name}", out / name / "import" / "model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.load()
 
 
 def _bns(module) -> list[str]:
@@ -70,7 +64,7 @@ def test_folded_module_equals_model_py_in_eval(converted, name):
 
     out, _ = converted
     pairs, left, shape = CASES[name]
-    module = _load(out, name)
+    module = port(out, name)
     for bn in _bns(module):   # perturbed statistics: a fold that ignored them would show
         m = module.get_submodule(bn)
         assert m.running_mean.abs().max() > 1e-2 and (m.running_var - 1).abs().max() > 1e-2, bn

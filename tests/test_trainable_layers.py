@@ -9,7 +9,6 @@ Keras runs in a subprocess (TensorFlow never shares the pytest process with torc
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ENV, REPO, assert_ok, cli, report
+from conftest import ENV, REPO, assert_ok, cli, port, report
 from pipeline.core.trainable import DOMAIN, KINDS, BatchNormSpec, DropoutSpec, function
 
 RTOL, ATOL = 1e-5, 1e-7           # parity: max|d| <= RTOL * max|keras| + ATOL (the pipeline's defaults)
@@ -50,12 +49,6 @@ def converted(tmp_path_factory):
     return out, procs
 
 
-def _load(out, name):
-    path = out / name / "import" / "model.py"
-    spec = importlib.util.spec_from_file_location(f"port_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.load()
 
 
 def _keras_step(tmp_path, name, x):
@@ -105,7 +98,7 @@ def test_train_step_matches_keras(converted, tmp_path, name):
     import torch
 
     out, _ = converted
-    model = _load(out, name)
+    model = port(out, name)
     shape = [8, 12, 12, 3] if name.startswith("conv2d") else [8, 16, 3]
     x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
     ref = _keras_step(tmp_path, name, x)
@@ -122,7 +115,7 @@ def test_frozen_batchnorm_stays_in_inference(converted, tmp_path):
     import torch
 
     out, _ = converted
-    model = _load(out, "conv2d_bn_frozen")
+    model = port(out, "conv2d_bn_frozen")
     x = np.random.default_rng(7).standard_normal([8, 12, 12, 3]).astype(np.float32)
     ref = _keras_step(tmp_path, "conv2d_bn_frozen", x)
     mean0, var0 = model.bn.running_mean.clone(), model.bn.running_var.clone()
@@ -210,7 +203,7 @@ def test_dropout_rates_in_train(converted):
     import torch
 
     out, _ = converted
-    model = _load(out, "conv2d_bn_dropout").train()
+    model = port(out, "conv2d_bn_dropout").train()
     torch.manual_seed(0)
     ones = torch.ones(200, 500)
     y = model.drop(ones)
@@ -230,8 +223,8 @@ def test_noise_layers_in_train(converted):
     import torch
 
     out, _ = converted
-    noise = _load(out, "conv1d_bn_noise").noise.train()
-    fam = _load(out, "dropout_family").train()
+    noise = port(out, "conv1d_bn_noise").noise.train()
+    fam = port(out, "dropout_family").train()
     torch.manual_seed(0)
     n = 100_000
     x = torch.zeros(n)

@@ -6,12 +6,11 @@ export, TensorFlow side). Models: ``builders_trainable.py``, freshly initialised
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from conftest import assert_ok, cli
+from conftest import assert_ok, cli, port
 
 MODELS = ("fresh_seed", "conv_bn_dense_frozen", "embed_lstm", "gru_model")
 
@@ -22,11 +21,6 @@ def converted(tmp_path_factory):
     return out, {m: cli("convert", "--model", f"tests/builders_trainable.py:{m}", "--out", out) for m in MODELS}
 
 
-def _port(out, name):
-    spec = importlib.util.spec_from_file_location(f"params_{name}", out / name / "import" / "model.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.load()
 
 
 def _meta(out, name) -> dict:
@@ -37,14 +31,14 @@ def _meta(out, name) -> dict:
 def test_trainable_count_equals_keras(converted, name):
     out, procs = converted
     assert_ok(procs[name], out, name)
-    model = _port(out, name)
+    model = port(out, name)
     ours = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert ours == _meta(out, name)["losses_reference"]["trainable_params"]
 
 
 def test_seed_model_biases_are_parameters(converted):
     out, _ = converted
-    model = _port(out, "fresh_seed")
+    model = port(out, "fresh_seed")
     assert model.conv1d.bias is not None and model.dense.bias is not None
     assert float(model.conv1d.bias.detach().abs().sum()) == 0.0
     assert sum(p.numel() for p in model.parameters()) == 261   # 258 before (tf2onnx folded the zero biases)
@@ -61,7 +55,7 @@ def test_frozen_layer_is_readable(converted):
 def test_regularization_loss_equals_keras(converted, name):
     out, _ = converted
     ref = _meta(out, name)["losses_reference"]
-    got = float(_port(out, name).regularization_loss())
+    got = float(port(out, name).regularization_loss())
     assert got == pytest.approx(ref["sum_losses"], rel=1e-5, abs=1e-7)
     if name == "conv_bn_dense_frozen":   # the frozen conv's L2 does not count, as in Keras
         assert ref["n_losses"] == 2 and ref["sum_losses"] > 1.0
